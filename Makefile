@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh bookworm machine:
+#   make run    install what is missing, then boot the default matrix (Debian's kernels)
+#   make test   install what is missing, then run the test suite (real boots included)
+VENV      ?= .venv
+PYTHON    ?= python3
+STAMP     := $(VENV)/.installed
+HARNESS   := $(VENV)/bin/hvo-harness
+PYTEST    := $(VENV)/bin/pytest
+RUN_ARGS  ?= --arch all --json hvo-results/r.json
+TEST_ARGS ?=
+
+.PHONY: run test deps venv fetch lint clean
+
+run: deps venv
+	$(HARNESS) run $(RUN_ARGS)
+
+test: deps venv
+	$(VENV)/bin/ruff check harness tests
+	$(PYTEST) $(TEST_ARGS)
+
+# Debian packages (QEMU 10 and clang-19 from bookworm-backports): idempotent, non-interactive.
+deps:
+	@bash scripts/install-host-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+fetch: deps venv
+	$(HARNESS) fetch --arch all
+
+lint: venv
+	$(VENV)/bin/ruff check harness tests
+
+clean:
+	rm -rf hvo-results .pytest_cache

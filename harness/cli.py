@@ -1,0 +1,134 @@
+"""Command-line parsing only: every command calls the pipeline or a stage.
+
+Exit codes: 0 all passed or skipped with a reason, 1 something failed, 2 usage or set-up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from harness import artefacts, dmesg, pipeline, report
+from harness.errors import HarnessError
+from harness.profiles import parse_arch_list
+from harness.results import Results
+
+EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
+_err = Console(stderr=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hvo-harness",
+        description="Boot real kernels under QEMU and judge HugeTLB Vmemmap Optimization.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="boot each arch with HVO on and off and judge it")
+    run.add_argument("--arch", default="all", help="x86_64,riscv64,loongarch64 or all (default)")
+    run.add_argument("--kernel", default="debian",
+                     help="'debian' (sid's newest prebuilt kernel, the default) or an image path")
+    run.add_argument("--config", type=Path, help="the kernel's .config, for a --kernel PATH")
+    run.add_argument("--hvo", default="on,off", help="hugetlb_free_vmemmap settings to boot (on,off)")
+    run.add_argument("--append", default="", help="extra kernel command-line arguments")
+    run.add_argument("--json", type=Path, help="write the results JSON here too")
+    run.add_argument("--out", type=Path, default=Path("hvo-results"),
+                     help="directory for console logs and results.json (default ./hvo-results)")
+    run.add_argument("--timeout", type=float, default=pipeline.DEFAULT_TIMEOUT,
+                     help="seconds a boot may take before it is ended as hung")
+    run.add_argument("--accel", choices=("auto", "tcg"), default="auto",
+                     help="auto: KVM when the probe says it works, else TCG")
+
+    parse = commands.add_parser("parse", help="findings and HugeTLB lines of a console log")
+    parse.add_argument("log", type=Path)
+    parse.add_argument("--json", type=Path, help="write the findings JSON here")
+
+    fetch = commands.add_parser("fetch", help="download Debian's kernels, busybox and source")
+    fetch.add_argument("--arch", default="all")
+    fetch.add_argument("--no-source", action="store_true", help="skip linux-source")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "parse":
+            return _parse(args)
+        if args.command == "fetch":
+            return _fetch(args)
+    except HarnessError as error:
+        _err.print(f"hvo-harness: error: {error}", markup=False, highlight=False)
+        return EXIT_SETUP
+    return EXIT_SETUP
+
+
+def _run(args: argparse.Namespace) -> int:
+    profiles = parse_arch_list(args.arch)
+    settings = [s.strip() for s in args.hvo.split(",") if s.strip()]
+    if not settings or any(s not in ("on", "off") for s in settings):
+        raise HarnessError(f"--hvo {args.hvo!r}: give on, off or on,off")
+    if args.kernel != "debian" and len(profiles) > 1:
+        raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
+    out_dir: Path = args.out
+    results = pipeline.new_results()
+    json_paths = [out_dir / "results.json", *([args.json] if args.json else [])]
+
+    def save() -> None:
+        for path in json_paths:
+            results.write(path)
+
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    try:
+        for profile in profiles:
+            kernel = pipeline.prepare_kernel(profile, args.kernel, args.config)
+            env = pipeline.prepare_environment(profile, want_kvm=args.accel == "auto")
+            for hvo in settings:
+                run = pipeline.boot(profile, kernel, env, hvo, out_dir, args.append,
+                                    args.timeout, progress)
+                results.runs.append(run)
+                save()
+                progress(f"{profile.name} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
+    except KeyboardInterrupt:
+        save()
+        _err.print(f"hvo-harness: interrupted; results so far in {json_paths[0]}, logs in {out_dir}")
+        return 130
+    save()
+    report.print_results(results)
+    _err.print(f"results: {', '.join(str(p) for p in json_paths)}; logs: {out_dir}/")
+    return exit_code(results)
+
+
+def exit_code(results: Results) -> int:
+    verdicts = {run.verdict for run in results.runs}
+    if "error" in verdicts:
+        return EXIT_SETUP if verdicts == {"error"} else EXIT_FAIL
+    return EXIT_FAIL if "fail" in verdicts or not results.runs else EXIT_PASS
+
+
+def _parse(args: argparse.Namespace) -> int:
+    if not args.log.is_file():
+        raise HarnessError(f"{args.log} is not a readable file: give a console or dmesg log")
+    parsed = dmesg.parse(args.log.read_bytes().decode(errors="replace"))
+    report.print_console_report(parsed)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(parsed), indent=2) + "\n")
+    return EXIT_FAIL if parsed.findings else EXIT_PASS
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    profiles = parse_arch_list(args.arch)
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    summary = artefacts.fetch(profiles, refresh=True, with_source=not args.no_source,
+                              progress=progress)
+    print(json.dumps(summary, indent=2, default=str))
+    return EXIT_PASS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

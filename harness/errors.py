@@ -1,0 +1,9 @@
+"""The one error type a user sees: a set-up or usage problem, told in one line with its fix."""
+
+
+class HarnessError(Exception):
+    """A problem with the input or the host that the user must fix; the CLI exits 2 with it.
+
+    The message is one line and names the fix, e.g.
+    "qemu-system-riscv64 not found: install it with `make deps` (Debian: qemu-system-misc)".
+    """

@@ -1,0 +1,88 @@
+"""Arch profiles: everything arch-specific, as data.
+
+Adding an arch is adding a module here (plus kconfig fragments); no other module branches on
+the arch name. The kernel's tools/testing/kunit/qemu_configs/ is the model.
+"""
+
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from harness.errors import HarnessError
+
+ARCH_NAMES = ("x86_64", "riscv64", "loongarch64")
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True)
+class ArchProfile:
+    name: str
+    # Debian's name for the arch (package suffix, apt architecture).
+    debian_arch: str
+    # The kernel's ARCH= for builds and nolibc.
+    kernel_arch: str
+    # clang --target triple for the static nolibc guest helper.
+    clang_target: str
+    # ELF e_machine of the arch's kernels and binaries (images.py checks images with it).
+    elf_machine: int
+    qemu_binary: str
+    # The Debian package that ships qemu_binary, named in the error when it is missing.
+    qemu_package: str
+    machine: str
+    cpu: str | None
+    # Firmware passed with -bios (None: QEMU's default).
+    bios: str | None
+    console: str
+    # Kernel arguments the arch's QEMU machine needs, with the reason in a comment at the site.
+    extra_cmdline: tuple[str, ...]
+    # Guest memory in MiB per NUMA node; len() is the node count.
+    node_mem_mib: tuple[int, ...]
+    smp: int
+    # Base page size (bytes) -> huge page sizes (bytes) the arch can have with it.
+    huge_sizes_by_page_size: dict[int, tuple[int, ...]]
+    # Kernel image formats QEMU boots for this arch, by images.py's format names.
+    image_formats: tuple[str, ...]
+    # sizeof(struct page) on this arch's 64-bit configs (power of two: HVO possible).
+    struct_page_size: int = 64
+    # Options QEMU must be given for the virtio-serial results channel.
+    virtio_serial_device: str = "virtio-serial-pci"
+    extra_qemu_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def memory_mib(self) -> int:
+        return sum(self.node_mem_mib)
+
+
+def get_profile(name: str) -> ArchProfile:
+    if name not in ARCH_NAMES:
+        raise HarnessError(
+            f"unknown arch {name!r}: choose from {', '.join(ARCH_NAMES)} or 'all'"
+        )
+    module = import_module(f"harness.profiles.{name}")
+    return module.PROFILE
+
+
+def parse_arch_list(text: str) -> list[ArchProfile]:
+    """'all', or a comma-separated list of arch names, in the order given."""
+    names = ARCH_NAMES if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise HarnessError("--arch is empty: give x86_64, riscv64, loongarch64 or all")
+    return [get_profile(name) for name in names]
+
+
+def size_label(size: int) -> str:
+    """4096 -> '4K', 2 MiB -> '2M', 1 GiB -> '1G', 16 GiB -> '16G' (the kernel's hugepagesz= form)."""
+    for unit, suffix in ((GIB, "G"), (MIB, "M"), (KIB, "K")):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def parse_size(text: str) -> int:
+    units = {"K": KIB, "M": MIB, "G": GIB}
+    text = text.strip().upper()
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text)

@@ -1,0 +1,24 @@
+"""loongarch64 on QEMU's virt machine, booted directly (QEMU >= 10)."""
+
+from harness.profiles import GIB, MIB, ArchProfile
+
+PROFILE = ArchProfile(
+    name="loongarch64",
+    debian_arch="loong64",
+    kernel_arch="loongarch",
+    clang_target="loongarch64-linux-gnu",
+    elf_machine=258,  # EM_LOONGARCH
+    qemu_binary="qemu-system-loongarch64",
+    qemu_package="qemu-system-misc",
+    machine="virt",
+    cpu="la464",
+    bios=None,
+    console="ttyS0",
+    # Without it Debian's kernel oopses in i8042_flush: the virt machine has no i8042.
+    extra_cmdline=("initcall_blacklist=i8042_init",),
+    node_mem_mib=(4096, 4096),
+    smp=2,
+    # The huge page is one PMD: 2M with 4K pages, 32M with 16K pages (Debian's loong64).
+    huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB), 16384: (32 * MIB,)},
+    image_formats=("elf", "efi-zboot"),
+)

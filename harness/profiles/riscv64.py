@@ -1,0 +1,23 @@
+"""riscv64 on QEMU's virt machine with OpenSBI."""
+
+from harness.profiles import GIB, MIB, ArchProfile
+
+PROFILE = ArchProfile(
+    name="riscv64",
+    debian_arch="riscv64",
+    kernel_arch="riscv",
+    clang_target="riscv64-linux-gnu",
+    elf_machine=243,  # EM_RISCV
+    qemu_binary="qemu-system-riscv64",
+    qemu_package="qemu-system-misc",
+    machine="virt",
+    cpu="rv64",
+    bios="/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin",
+    console="ttyS0",
+    extra_cmdline=(),
+    node_mem_mib=(4096, 4096),
+    smp=2,
+    # Sv39 and up: PMD (2M) and PUD (1G) leaves; 64K NAPOT sizes are not HugeTLB-HVO relevant.
+    huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB)},
+    image_formats=("riscv-image", "elf"),
+)

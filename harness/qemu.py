@@ -1,0 +1,160 @@
+"""QEMU command lines from an arch profile, and the KVM probe.
+
+This module builds argv and decides the accelerator; it does not run guests (guest.py does)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.profiles import ArchProfile
+
+# Names of the virtio-serial ports the guest looks up in /sys/class/virtio-ports/*/name.
+RESULTS_PORT = "org.hvo-harness.results"
+DMESG_PORT = "org.hvo-harness.dmesg"
+
+# Host machine (uname -m) that can run each profile's guests under KVM.
+_KVM_HOST_MACHINE = {"x86_64": "x86_64", "riscv64": "riscv64", "loongarch64": "loongarch64"}
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    used: str  # "kvm" | "tcg"
+    kvm_reason: str | None  # why not KVM; None when KVM is used
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    kernel: Path
+    initramfs: Path
+    results: Path  # the results port is written here by QEMU
+    dmesg: Path
+
+
+def qemu_path(profile: ArchProfile) -> str:
+    path = shutil.which(profile.qemu_binary)
+    if path is None:
+        raise HarnessError(
+            f"{profile.qemu_binary} not found: run `make deps` "
+            f"(Debian package {profile.qemu_package} from bookworm-backports)"
+        )
+    return path
+
+
+def build_argv(
+    profile: ArchProfile,
+    files: GuestFiles,
+    cmdline: str,
+    accel: AccelChoice,
+) -> list[str]:
+    """The whole QEMU command line; printed in results so a failure can be rerun by hand."""
+    argv = [qemu_path(profile), "-machine", profile.machine, "-accel", accel.used]
+    if profile.cpu:
+        argv += ["-cpu", "host" if accel.used == "kvm" else profile.cpu]
+    if profile.bios:
+        if not Path(profile.bios).exists():
+            raise HarnessError(
+                f"firmware {profile.bios} not found: run `make deps` ({profile.qemu_package})"
+            )
+        argv += ["-bios", profile.bios]
+    argv += ["-smp", str(profile.smp), "-m", f"{profile.memory_mib}M"]
+    nodes = len(profile.node_mem_mib)
+    for node, mib in enumerate(profile.node_mem_mib):
+        cpus = [cpu for cpu in range(profile.smp) if cpu % nodes == node]
+        argv += ["-object", f"memory-backend-ram,id=mem{node},size={mib}M"]
+        numa = f"node,nodeid={node},memdev=mem{node}"
+        if cpus:
+            numa += f",cpus={cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else f",cpus={cpus[0]}"
+        argv += ["-numa", numa]
+    argv += [
+        "-kernel", str(files.kernel),
+        "-initrd", str(files.initramfs),
+        "-append", cmdline,
+        # The console is the serial port on stdio, driven by pexpect; nothing else on stdio.
+        "-display", "none", "-serial", "stdio", "-monitor", "none",
+        "-nic", "none", "-no-reboot",
+        "-device", f"{profile.virtio_serial_device},id=hvoserial",
+        "-chardev", f"file,id=hvoresults,path={files.results}",
+        "-device", f"virtserialport,bus=hvoserial.0,chardev=hvoresults,name={RESULTS_PORT}",
+        "-chardev", f"file,id=hvodmesg,path={files.dmesg}",
+        "-device", f"virtserialport,bus=hvoserial.0,chardev=hvodmesg,name={DMESG_PORT}",
+    ]
+    argv += list(profile.extra_qemu_args)
+    return argv
+
+
+def kernel_cmdline(profile: ArchProfile, *parts: str) -> str:
+    # panic=-1 reboots at once on panic and -no-reboot turns that into a QEMU exit; the host
+    # watches the console too, as some kernels halt instead (see guest.py).
+    base = [f"console={profile.console}", "panic=-1", "printk.time=1"]
+    return " ".join([*base, *profile.extra_cmdline, *[p for p in parts if p]])
+
+
+_kvm_cache: dict[str, AccelChoice] = {}
+
+
+def choose_accel(profile: ArchProfile, want_kvm: bool = True) -> AccelChoice:
+    """KVM if it really runs a guest here, else TCG with the reason. Probed once per process."""
+    if not want_kvm:
+        return AccelChoice("tcg", "KVM not wanted (--accel tcg)")
+    if _KVM_HOST_MACHINE.get(profile.name) != platform.machine():
+        return AccelChoice("tcg", f"host is {platform.machine()}, guest is {profile.name}")
+    if profile.name not in _kvm_cache:
+        _kvm_cache[profile.name] = _probe_kvm(profile)
+    return _kvm_cache[profile.name]
+
+
+# Messages with which QEMU reports that KVM cannot run the guest on this host.
+_KVM_FAILURE_MARKERS = (
+    "KVM internal error",
+    "emulation failure",
+    "Could not access KVM kernel module",
+    "failed to initialize kvm",
+    "kvm_init_vcpu",
+    "error: failed to set MSR",
+    "Assertion",
+)
+
+
+def _probe_kvm(profile: ArchProfile) -> AccelChoice:
+    """Run the firmware under KVM for a moment: /dev/kvm opening is not enough here
+    (NOTES: guests stop with "KVM internal error. Suberror: 1" or abort on MSR 0x10a)."""
+    if not os.path.exists("/dev/kvm"):
+        return AccelChoice("tcg", "no /dev/kvm")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return AccelChoice("tcg", "/dev/kvm is not readable and writable by this user")
+    argv = [
+        qemu_path(profile), "-machine", f"{profile.machine},accel=kvm", "-cpu", "host",
+        "-m", "256M", "-display", "none", "-serial", "none", "-monitor", "none",
+        "-nic", "none", "-no-reboot",
+    ]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=3)
+    except subprocess.TimeoutExpired as expired:
+        # Still running after 3 s of firmware: KVM works, unless it already complained.
+        text = _as_text(expired.stderr) + _as_text(expired.stdout)
+        marker = next((m for m in _KVM_FAILURE_MARKERS if m in text), None)
+        if marker is None:
+            return AccelChoice("kvm", None)
+        return AccelChoice("tcg", f"KVM probe: {_first_line_with(text, marker)}")
+    text = (proc.stderr or "") + (proc.stdout or "")
+    marker = next((m for m in _KVM_FAILURE_MARKERS if m in text), None)
+    line = _first_line_with(text, marker) if marker else (text.strip().splitlines() or [""])[-1]
+    return AccelChoice(
+        "tcg", f"KVM probe: QEMU exited with {proc.returncode}: {line}".rstrip(": ")
+    )
+
+
+def _as_text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _first_line_with(text: str, marker: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if marker in ln), marker)

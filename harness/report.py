@@ -1,0 +1,64 @@
+"""Human-readable views of results records: the terminal table and the findings list."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.dmesg import ConsoleReport
+from harness.results import Results, Run
+
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "bold magenta"}
+
+
+def _vmemmap_cell(run: Run, index: int) -> str:
+    vm = run.scenarios[index].vmemmap
+    if vm.expected_kib_per_page is None:
+        return ""
+    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+    return f"{fmt(vm.expected_kib_per_page)}/{fmt(vm.claimed_kib_per_page)}/{fmt(vm.measured_kib_per_page)}"
+
+
+def results_table(results: Results) -> Table:
+    table = Table(title="hvo-harness: arch x scenario", show_lines=False)
+    for column in ("arch", "boot", "scenario", "status", "alloc", "vmemmap KiB/page e/c/m", "reason"):
+        table.add_column(column, overflow="fold")
+    for run in results.runs:
+        boot = f"hvo={run.hvo.requested} ({run.hvo.state})"
+        for index, scenario in enumerate(run.scenarios):
+            style = _STATUS_STYLE.get(scenario.status, "")
+            table.add_row(
+                run.arch, boot, scenario.name, f"[{style}]{scenario.status}[/]",
+                f"{scenario.allocated}/{scenario.requested}", _vmemmap_cell(run, index),
+                scenario.reason,
+            )
+        style = _STATUS_STYLE.get(run.verdict, "")
+        findings = "; ".join(f.summary() for f in run.findings) or "no findings"
+        table.add_row(run.arch, boot, "[b]run verdict[/]", f"[{style}]{run.verdict}[/]", "", "",
+                      f"{run.verdict_reason}; {findings}; hvo: {run.hvo.reason}; "
+                      f"accel {run.accel.used}"
+                      + (f" ({run.accel.kvm_reason})" if run.accel.kvm_reason else ""))
+    return table
+
+
+def print_results(results: Results, console: Console | None = None) -> None:
+    (console or Console()).print(results_table(results))
+
+
+def print_console_report(report: ConsoleReport, console: Console | None = None) -> None:
+    out = console or Console()
+    if report.findings:
+        for finding in report.findings:
+            out.print(f"[bold red]{finding.kind}[/] {finding.summary()}", highlight=False)
+            out.print(finding.excerpt, markup=False, highlight=False)
+    else:
+        out.print("no findings")
+    hugetlb = report.hugetlb
+    for label, count in hugetlb.registered.items():
+        freeable = hugetlb.freeable_kib.get(label)
+        extra = f", {freeable} KiB vmemmap freeable per page" if freeable is not None else ""
+        out.print(f"HugeTLB {label}: pre-allocated {count}{extra}", highlight=False)
+    for label, line in hugetlb.unsupported.items():
+        out.print(f"HugeTLB {label}: unsupported: {line}", markup=False, highlight=False)
+    for failure in hugetlb.allocation_failures:
+        out.print(f"HugeTLB allocation failure: {failure['line']}", markup=False, highlight=False)

@@ -1,0 +1,150 @@
+"""The record types of a result and their `hvo-harness/1` JSON form.
+
+Reports, comparisons and exports read these records (or their JSON), never the console.
+Field names in to_json() are a contract (see docs/results-schema.md): add, don't rename.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_ID = "hvo-harness/1"
+
+Status = Literal["pass", "fail", "skip"]
+Verdict = Literal["pass", "fail", "error"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One kernel complaint read off a console or dmesg: WARN, BUG, Oops, panic, KASAN, ..."""
+
+    kind: str  # "warn" | "bug" | "oops" | "panic" | "kasan" | "kfence" | "paging-request" | ...
+    function: str | None
+    file: str | None
+    line: int | None
+    excerpt: str
+    # A named check this finding is, e.g. "sparse_init-memmap-alignment"; None for others.
+    check: str | None = None
+
+    def summary(self) -> str:
+        where = self.function or "?"
+        if self.file:
+            where += f" ({self.file}:{self.line})" if self.line else f" ({self.file})"
+        name = self.check or self.kind.upper()
+        return f"{name} at {where}"
+
+
+@dataclass
+class Vmemmap:
+    """vmemmap KiB freed per huge page: what HVO's rules give, what dmesg claims, what was measured."""
+
+    expected_kib_per_page: int | None = None
+    claimed_kib_per_page: int | None = None
+    measured_kib_per_page: float | None = None
+    # How measured_kib_per_page was obtained ("nr_memmap counters", "across boots", ...).
+    measured_by: str | None = None
+    # MemFree change per page, for reference only: it moves with unrelated allocations.
+    memfree_kib_per_page: float | None = None
+    # Freed per page on release (vmemmap restored), from the same counters.
+    restored_kib_per_page: float | None = None
+
+
+@dataclass
+class Scenario:
+    size: str  # "2M", "1G", "16G", "32M"
+    mode: Literal["boot", "runtime"]
+    node: int
+    hvo: Literal["on", "off"]  # HVO in force for this allocation
+    requested: int
+    allocated: int
+    status: Status
+    reason: str
+    vmemmap: Vmemmap = field(default_factory=Vmemmap)
+    # hugetlb_free_vmemmap= of the boot this scenario ran in ("on" | "off").
+    boot_hvo: str = "on"
+    # "cmdline" (boot parameter) or "sysctl" (/proc/sys/vm/hugetlb_optimize_vmemmap).
+    hvo_via: str = "cmdline"
+    # What the guest saw: touch/readback and kpageflags checks, raw counters.
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.size}/{self.mode}/node{self.node}/hvo-{self.hvo}-{self.hvo_via}"
+
+
+@dataclass
+class KernelInfo:
+    path: str
+    release: str | None
+    sha256: str
+    source: dict[str, Any]  # {"type": "debian", "package": ..., "version": ...} or a tree's state
+
+
+@dataclass
+class Accel:
+    used: Literal["kvm", "tcg"]
+    kvm_reason: str | None  # why KVM was not used (None when it was)
+
+
+@dataclass
+class Hvo:
+    requested: Literal["on", "off"]
+    state: Literal["active", "inactive", "off"]
+    reason: str
+
+
+@dataclass
+class Run:
+    arch: str
+    kernel: KernelInfo
+    accel: Accel
+    cmdline: str
+    boot_seconds: float | None
+    verdict: Verdict
+    hvo: Hvo
+    findings: list[Finding]
+    scenarios: list[Scenario]
+    console_log: str
+    # Why the verdict is what it is, one line ("guest panicked", "timeout after 300 s", ...).
+    verdict_reason: str = ""
+    # How the guest ended: "done" | "panic" | "timeout" | "exited" | "interrupted".
+    ended: str = "done"
+    qemu_argv: list[str] = field(default_factory=list)
+    results_log: str | None = None
+    hugetlb: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Results:
+    runs: list[Run] = field(default_factory=list)
+    harness_version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_ID,
+            "harness_version": self.harness_version,
+            "runs": [asdict(run) for run in self.runs],
+        }
+
+    def write(self, path: Path) -> None:
+        """Write atomically, so an interrupted run never leaves half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def json_schema() -> dict[str, Any]:
+    text = resources.files("harness").joinpath("schema/hvo-harness-1.json").read_text()
+    return json.loads(text)
+
+
+def validate(document: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError if the document breaks the hvo-harness/1 contract."""
+    import jsonschema
+
+    jsonschema.validate(document, json_schema())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install the Debian packages the harness needs on a bookworm host. Idempotent and
+# non-interactive (CI runs as root with no stdin). QEMU >= 10 (loongarch64 direct boot)
+# and clang-19 (LoongArch kernels, nolibc helpers) come from bookworm-backports.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+BACKPORTS_LIST=/etc/apt/sources.list.d/hvo-harness-backports.list
+BACKPORTS_LINE="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main"
+
+# Packages from bookworm proper.
+BASE_PACKAGES=(git make python3 python3-venv zstd xz-utils cpio rsync ccache flex bison bc
+  libelf-dev libssl-dev gcc gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu dwarves
+  debian-archive-keyring ca-certificates file)
+# Packages from bookworm-backports.
+BACKPORTS_PACKAGES=(qemu-system-x86 qemu-system-misc clang-19 lld-19 llvm-19)
+
+missing=()
+for pkg in "${BASE_PACKAGES[@]}" "${BACKPORTS_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+qemu_major=$( (dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true) | sed -E 's/^([0-9]+:)?([0-9]+).*/\2/')
+if [ -n "$qemu_major" ] && [ "$qemu_major" -lt 10 ]; then missing+=(qemu-system-x86); fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "host packages: all present"
+  exit 0
+fi
+echo "host packages: installing ${missing[*]}"
+
+if [ ! -f "$BACKPORTS_LIST" ] || ! grep -qF "$BACKPORTS_LINE" "$BACKPORTS_LIST"; then
+  echo "$BACKPORTS_LINE" | $SUDO tee "$BACKPORTS_LIST" >/dev/null
+fi
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${BASE_PACKAGES[@]}"
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS_PACKAGES[@]}"
