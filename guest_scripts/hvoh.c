@@ -21,17 +21,17 @@ static unsigned long page_size;
 
 static long sys_pread(int fd, void *buf, unsigned long count, long offset)
 {
-	return my_syscall4(__NR_pread64, fd, buf, count, offset);
+	return syscall(__NR_pread64, fd, buf, count, offset);
 }
 
 static long sys_set_mempolicy(int mode, const unsigned long *mask, unsigned long maxnode)
 {
-	return my_syscall3(__NR_set_mempolicy, mode, mask, maxnode);
+	return syscall(__NR_set_mempolicy, mode, mask, maxnode);
 }
 
 static long sys_move_pages(unsigned long count, void **pages, int *status)
 {
-	return my_syscall6(__NR_move_pages, 0, count, pages, 0, status, 0);
+	return syscall(__NR_move_pages, 0, count, pages, 0, status, 0);
 }
 
 static const char *errno_name(int err)

@@ -62,10 +62,15 @@ def build_argv(
                 f"firmware {profile.bios} not found: run `make deps` ({profile.qemu_package})"
             )
         argv += ["-bios", profile.bios]
-    argv += ["-smp", str(profile.smp), "-m", f"{profile.memory_mib}M"]
     nodes = len(profile.node_mem_mib)
+    # One socket per node: CPUs that share a core or cache must share a node, else the
+    # kernel warns (x86: topology_sane() in smpboot.c) and the WARN would be ours, not its.
+    sockets = nodes if profile.smp % nodes == 0 else 1
+    smp = f"{profile.smp},sockets={sockets},cores={profile.smp // sockets},threads=1"
+    argv += ["-smp", smp, "-m", f"{profile.memory_mib}M"]
+    per_socket = profile.smp // sockets
     for node, mib in enumerate(profile.node_mem_mib):
-        cpus = [cpu for cpu in range(profile.smp) if cpu % nodes == node]
+        cpus = [cpu for cpu in range(profile.smp) if cpu // per_socket == node]
         argv += ["-object", f"memory-backend-ram,id=mem{node},size={mib}M"]
         numa = f"node,nodeid={node},memdev=mem{node}"
         if cpus:
