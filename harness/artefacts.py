@@ -125,6 +125,9 @@ class _Apt:
             "Dir::State::Lists": str(self.root / "lists"),
             "Dir::State::status": str(self.root / "status"),
             "Dir::Cache": str(self.root / "cache"),
+            # Some hosts (Debian's docker images) turn the binary cache off; in the private
+            # state it saves re-parsing three arches' lists on every apt-cache call.
+            "Dir::Cache::pkgcache": "pkgcache.bin",
             # Name resolution must not depend on the host's native arch.
             "APT::Architecture": APT_ARCHITECTURES[0],
             # The state lives under root's (or the user's) home, which _apt cannot read.

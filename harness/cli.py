@@ -14,7 +14,7 @@ from rich.console import Console
 
 from harness import artefacts, dmesg, pipeline, report
 from harness.errors import HarnessError
-from harness.profiles import parse_arch_list
+from harness.profiles import parse_arch_list, with_node_memory
 from harness.results import Results
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds a boot may take before it is ended as hung")
     run.add_argument("--accel", choices=("auto", "tcg"), default="auto",
                      help="auto: KVM when the probe says it works, else TCG")
+    run.add_argument("--node-mem", metavar="MIB,MIB",
+                     help="guest memory per NUMA node in MiB (default: the arch profile's)")
 
     parse = commands.add_parser("parse", help="findings and HugeTLB lines of a console log")
     parse.add_argument("log", type=Path)
@@ -84,6 +86,8 @@ def _run(args: argparse.Namespace) -> int:
             results.write(path)
 
     progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    if args.node_mem:
+        profiles = [with_node_memory(p, args.node_mem) for p in profiles]
     try:
         for profile in profiles:
             kernel = pipeline.prepare_kernel(profile, args.kernel, args.config)

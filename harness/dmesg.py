@@ -124,13 +124,17 @@ class _Line:
 
 
 def _split(text: str) -> list[_Line]:
+    """Console lines, cleaned. Empty lines are dropped: serial consoles end lines with "\r\r\n",
+    which universal-newline reading (open(), Path.read_text()) turns into a blank line after
+    every line, and an empty kernel line carries nothing."""
     out: list[_Line] = []
     for piece in text.split("\n"):
         raw = _CTRL_RE.sub("", _ANSI_RE.sub("", piece.replace("\r", ""))).rstrip()
         m = _STAMP_RE.search(raw)
         msg = raw[m.end() :] if m else raw
         msg = _LEAD_RE.sub("", msg, count=1)
-        out.append(_Line(raw, msg))
+        if msg.strip():
+            out.append(_Line(raw, msg))
     return out
 
 
@@ -238,9 +242,10 @@ _X86_FAULT_RE = re.compile(
 # at virtual address %0*lx, era == %0*lx, ra == %0*lx".
 _VA_FAULT_RE = re.compile(r"Unable to handle kernel (?P<what>.+?) at virtual address\b")
 # arch/x86/kernel/traps.c: "PANIC: double fault, error_code: 0x%lx" then die("double fault");
-# mm/... stack guard: "BUG: stack guard page was hit at %p (stack is %p..%p)".
+# "BUG: %s stack guard page was hit at %px (stack is %px..%px)" (%s: "TASK", "IRQ", ...; before
+# 5.x without it) then die("stack guard page").
 _DOUBLE_FAULT_RE = re.compile(r"PANIC: double fault\b")
-_STACK_GUARD_RE = re.compile(r"BUG: stack guard page was hit at\b")
+_STACK_GUARD_RE = re.compile(r"BUG: (?:\w+ )?stack guard page was hit at\b")
 
 # kernel/watchdog.c: "BUG: soft lockup - CPU#%d stuck for %us! [%s:%d]" (pr_fmt "watchdog: ");
 # "Watchdog detected hard LOCKUP on cpu %d" (newer "CPU%u: Watchdog detected hard LOCKUP ...");
@@ -445,7 +450,6 @@ def _events(lines: list[_Line]) -> tuple[list[_Event], dict[int, _Hit]]:
             if pre_open is not None and i - pre_open.header <= ABSORB_WINDOW:
                 # "kernel BUG at ..."/a fault line and the Oops header it causes: one event.
                 pre_open.die = i
-                pre_open.trap = pre_open.trap or (pre_open.kind == "bug")
             else:
                 events.append(_Event(hit.kind, i, trap=hit.trap, needs_pc=True, die=i))
             pre_open = None

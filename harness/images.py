@@ -104,7 +104,7 @@ class _Reader:
     def needs(self, end: int, what: str) -> None:
         if end > self.size:
             raise _NotAKernel(
-                f"it looks like a {what}, but its headers need {end} bytes and the file has "
+                f"it looks like {what}, but its headers need {end} bytes and the file has "
                 f"{self.size}: it is truncated"
             )
 
@@ -168,9 +168,9 @@ def _detect_elf(reader: _Reader) -> _Found:
         raise _NotAKernel("it is an ELF file without program headers, so nothing to boot")
     if phentsize < (56 if wide else 32):
         raise _NotAKernel("it has an ELF magic but a corrupt ELF header")
-    reader.needs(phoff + phentsize * phnum, "ELF file")
+    reader.needs(phoff + phentsize * phnum, "an ELF file")
     if shoff:
-        reader.needs(shoff + shentsize * shnum, "ELF file")
+        reader.needs(shoff + shentsize * shnum, "an ELF file")
     # p_type, p_offset and p_filesz: what each segment is and where its bytes are.
     fields = f"{endian}I4xQ16xQ" if wide else f"{endian}II8xI"
     for index in range(phnum):
@@ -178,7 +178,7 @@ def _detect_elf(reader: _Reader) -> _Found:
         kind, offset, filesz = struct.unpack_from(fields, entry)
         if kind == 3:  # PT_INTERP
             raise _NotAKernel("it is a dynamically linked program, not a kernel")
-        reader.needs(offset + filesz, "ELF file")
+        reader.needs(offset + filesz, "an ELF file")
     arch = _elf_arches().get(machine) if wide else None
     foreign = None if arch else f"ELF{'64' if wide else '32'} e_machine {machine}"
     return _Found("elf", arch, foreign)
@@ -189,7 +189,7 @@ def _detect_bzimage(reader: _Reader) -> _Found:
     # at 0x1f4, version at 0x206, xloadflags at 0x236 (boot protocol >= 2.12).
     setup_sects = reader.read(0x1F1, 1, "setup header")[0] or 4
     syssize = reader.u32(0x1F4, "setup header")
-    reader.needs((setup_sects + 1) * 512 + syssize * 16, "bzImage")
+    reader.needs((setup_sects + 1) * 512 + syssize * 16, "a bzImage")
     version = reader.u16(0x206, "setup header")
     xloadflags = reader.u16(0x236, "setup header") if version >= 0x20C else 0
     if xloadflags & 1:  # XLF_KERNEL_64
@@ -197,7 +197,7 @@ def _detect_bzimage(reader: _Reader) -> _Found:
     else:
         arch, foreign = None, "32-bit x86 (no XLF_KERNEL_64)"
     if reader.head[:2] == b"MZ":
-        pe_arch, pe_foreign = _pe_arch(_pe_machine(reader, "bzImage"))
+        pe_arch, pe_foreign = _pe_arch(_pe_machine(reader, "a bzImage"))
         if pe_arch not in (None, "x86_64") or pe_foreign:
             raise _NotAKernel("it has an x86 setup header but a PE header for another arch")
     return _Found("bzimage", arch, foreign)
@@ -207,7 +207,7 @@ def _detect_riscv(reader: _Reader) -> _Found:
     # arch/riscv/include/asm/image.h: flags at 0x18 (bit 0: big endian), image_size at 0x10.
     arch, foreign = "riscv64", None
     if reader.head[:2] == b"MZ":
-        machine = _pe_machine(reader, "RISC-V Image")
+        machine = _pe_machine(reader, "a RISC-V Image")
         if machine is not None:
             arch, foreign = _pe_arch(machine)
     return _Found("riscv-image", arch, foreign)
@@ -225,13 +225,13 @@ def _detect_zboot(reader: _Reader) -> _Found:
         raise _NotAKernel("it has a corrupt EFI zboot header") from None
     if not compression or size == 0 or offset < 0x40:
         raise _NotAKernel("it has a corrupt EFI zboot header")
-    reader.needs(offset + size, "EFI zboot image")
-    arch, foreign = _pe_arch(_pe_machine(reader, "EFI zboot image"))
+    reader.needs(offset + size, "an EFI zboot image")
+    arch, foreign = _pe_arch(_pe_machine(reader, "an EFI zboot image"))
     return _Found("efi-zboot", arch, foreign, compression=compression, payload=(offset, size))
 
 
 def _detect_pe_kernel(reader: _Reader) -> _Found:
-    machine = _pe_machine(reader, "EFI kernel image")
+    machine = _pe_machine(reader, "an EFI kernel image")
     if machine is None:
         raise _NotAKernel("it starts with 'MZ' but has no PE header")
     arch, foreign = _pe_arch(machine)

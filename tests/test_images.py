@@ -86,9 +86,7 @@ def test_truncated_copy_is_refused(
         assert "\n" not in message
 
 
-def test_corrupt_zboot_payload_is_refused(
-    kernels: dict[str, DebianKernel], tmp_path: Path
-) -> None:
+def test_corrupt_zboot_payload_is_refused(kernels: dict[str, DebianKernel], tmp_path: Path) -> None:
     data = bytearray(kernels["loongarch64"].image.read_bytes())
     offset, size = struct.unpack_from("<II", data, 8)
     middle = offset + size // 2
@@ -139,7 +137,9 @@ def test_elf_arch_comes_from_e_machine(arch: str) -> None:
     """Debian's static busybox stands in for an ELF vmlinux: no sid package ships one."""
     busybox = ensure_busybox(get_profile(arch))
     assert images.detect(busybox.path) == ("elf", arch)
-    with pytest.raises(HarnessError, match=f"is an? {arch} kernel, but --arch {_other_arch(arch)} was asked"):
+    with pytest.raises(
+        HarnessError, match=f"is an? {arch} kernel, but --arch {_other_arch(arch)} was asked"
+    ):
         images.prepare(busybox.path, get_profile(_other_arch(arch)))
 
 

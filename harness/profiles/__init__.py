@@ -4,7 +4,7 @@ Adding an arch is adding a module here (plus kconfig fragments); no other module
 the arch name. The kernel's tools/testing/kunit/qemu_configs/ is the model.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 
 from harness.errors import HarnessError
@@ -70,6 +70,17 @@ def parse_arch_list(text: str) -> list[ArchProfile]:
     if not names:
         raise HarnessError("--arch is empty: give x86_64, riscv64, loongarch64 or all")
     return [get_profile(name) for name in names]
+
+
+def with_node_memory(profile: ArchProfile, text: str) -> ArchProfile:
+    """The profile with another NUMA layout: 'MIB,MIB' (one number per node)."""
+    try:
+        sizes = tuple(int(word) for word in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 256:
+        raise HarnessError(f"--node-mem {text!r}: give MiB per node, e.g. 4096,4096")
+    return replace(profile, node_mem_mib=sizes)
 
 
 def size_label(size: int) -> str:
