@@ -105,45 +105,49 @@ class _Apt:
     def __init__(self, progress: Progress) -> None:
         self.root = cache_dir("apt")
         self.progress = progress
-        sources = self.root / "sources.list"
-        if not sources.exists() or sources.read_text() != SOURCES_LINE + "\n":
-            _write_atomic(sources, SOURCES_LINE + "\n")
-        for sub in ("lists/partial", "cache/archives/partial"):
+        _write_if_changed(self.root / "sources.list", SOURCES_LINE + "\n")
+        # Empty parts directories, an empty dpkg status and no pins: resolution must not
+        # depend on the host's sources, installed packages or preferences.
+        for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        # An empty dpkg status and no pins: resolution must not depend on the host.
         for empty in ("status", "preferences"):
             path = self.root / empty
             if not path.exists():
                 path.write_text("")
+        _write_if_changed(self.root / "apt.conf", self._config())
 
-    def options(self) -> list[str]:
+    def _config(self) -> str:
+        """The private settings, read with -c after the host's own apt configuration."""
+        root = self.root
         settings = {
-            "Dir::Etc::SourceList": str(self.root / "sources.list"),
-            "Dir::Etc::SourceParts": "-",
-            "Dir::Etc::Preferences": str(self.root / "preferences"),
-            "Dir::Etc::PreferencesParts": "-",
-            "Dir::State::Lists": str(self.root / "lists"),
-            "Dir::State::status": str(self.root / "status"),
-            "Dir::Cache": str(self.root / "cache"),
+            "Dir::Etc::SourceList": root / "sources.list",
+            "Dir::Etc::SourceParts": root / "sources.list.d",
+            "Dir::Etc::Preferences": root / "preferences",
+            "Dir::Etc::PreferencesParts": root / "preferences.d",
+            "Dir::State::Lists": root / "lists",
+            "Dir::State::status": root / "status",
+            "Dir::Cache": root / "cache",
             # Some hosts (Debian's docker images) turn the binary cache off; in the private
             # state it saves re-parsing three arches' lists on every apt-cache call.
             "Dir::Cache::pkgcache": "pkgcache.bin",
             # Name resolution must not depend on the host's native arch.
             "APT::Architecture": APT_ARCHITECTURES[0],
-            # The state lives under root's (or the user's) home, which _apt cannot read.
-            "APT::Sandbox::User": "root" if os.geteuid() == 0 else "",
             "Acquire::Languages": "none",
             "Acquire::http::Timeout": "60",
         }
-        argv: list[str] = []
-        for key, value in settings.items():
-            if value:
-                argv += ["-o", f"{key}={value}"]
-        # APT::Architectures is a list: clear the host's list, then add ours.
-        argv += ["-o", "APT::Architectures="]
-        for arch in APT_ARCHITECTURES:
-            argv += ["-o", f"APT::Architectures::={arch}"]
-        return argv
+        if os.geteuid() == 0:
+            # The state lives under root's home, which the _apt sandbox user cannot write.
+            settings["APT::Sandbox::User"] = "root"
+        lines = ["// Written by harness/artefacts.py: apt state for Debian sid guest artefacts."]
+        lines += [f'{key} "{value}";' for key, value in settings.items()]
+        # A list: drop whatever the host configured, then name ours ('all' packages come
+        # with every binary-<arch> index).
+        lines.append("#clear APT::Architectures;")
+        lines += [f'APT::Architectures:: "{arch}";' for arch in APT_ARCHITECTURES]
+        return "\n".join(lines) + "\n"
+
+    def options(self) -> list[str]:
+        return ["-c", str(self.root / "apt.conf")]
 
     def run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
         """Run apt-get/apt-cache non-interactively; a failure is a one-line HarnessError."""
@@ -179,8 +183,10 @@ class _Apt:
         """The candidate version's record of NAME:ARCH, or None if sid has none."""
         try:
             text = self.run("apt-cache", "show", "--no-all-versions", f"{name}:{arch}")
-        except _AptError:
-            return None
+        except _AptError as error:
+            if "No packages found" in str(error) or "Unable to locate" in str(error):
+                return None
+            raise
         for record in Deb822.iter_paragraphs(text.splitlines()):
             if record.get("Package") == name and record.get("Version"):
                 return record
@@ -237,6 +243,11 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.write(text)
     os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, path)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        _write_atomic(path, text)
 
 
 def _now() -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds a boot may take before it is ended as hung")
     run.add_argument("--accel", choices=("auto", "tcg"), default="auto",
                      help="auto: KVM when the probe says it works, else TCG")
+    run.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                     help="arches booted at once (default: 2, one TCG guest per core)")
     run.add_argument("--node-mem", metavar="MIB,MIB",
                      help="guest memory per NUMA node in MiB (default: the arch profile's)")
 
@@ -78,31 +82,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.kernel != "debian" and len(profiles) > 1:
         raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
     out_dir: Path = args.out
-    results = pipeline.new_results()
     json_paths = [out_dir / "results.json", *([args.json] if args.json else [])]
+    saved = pipeline.new_results()
 
-    def save() -> None:
+    def save(results: Results) -> None:
+        nonlocal saved
+        saved = results
         for path in json_paths:
             results.write(path)
 
-    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
     if args.node_mem:
         profiles = [with_node_memory(p, args.node_mem) for p in profiles]
+    request = pipeline.MatrixRequest(
+        profiles=profiles, kernel=args.kernel, config=args.config, hvo_settings=tuple(settings),
+        append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
+    )
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    stop = threading.Event()
     try:
-        for profile in profiles:
-            kernel = pipeline.prepare_kernel(profile, args.kernel, args.config)
-            env = pipeline.prepare_environment(profile, want_kvm=args.accel == "auto")
-            for hvo in settings:
-                run = pipeline.boot(profile, kernel, env, hvo, out_dir, args.append,
-                                    args.timeout, progress)
-                results.runs.append(run)
-                save()
-                progress(f"{profile.name} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
+        results = pipeline.run_matrix(request, out_dir, save, progress, stop)
     except KeyboardInterrupt:
-        save()
+        stop.set()
+        save(saved)
         _err.print(f"hvo-harness: interrupted; results so far in {json_paths[0]}, logs in {out_dir}")
         return 130
-    save()
+    save(results)
     report.print_results(results)
     _err.print(f"results: {', '.join(str(p) for p in json_paths)}; logs: {out_dir}/")
     return exit_code(results)

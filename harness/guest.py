@@ -5,7 +5,9 @@ every case (including Ctrl-C) before this returns or raises: no QEMU is ever lef
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,9 @@ def run(
     console_log: Path,
     timeout: float,
     on_line: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> GuestOutcome:
+    """Boot argv; `stop` (set by another thread on Ctrl-C) ends the guest within a second."""
     start = time.monotonic()
     deadline = start + timeout
     boot_seconds: float | None = None
@@ -52,6 +56,9 @@ def run(
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    break
+                if stop is not None and stop.is_set():
+                    ended, reason = "interrupted", "interrupted by the user"
                     break
                 index = child.expect(patterns, timeout=min(remaining, 1.0))
                 if index == 0:
@@ -88,10 +95,8 @@ def run(
 
 
 def _wait_for_exit(child: pexpect.spawn, seconds: float) -> None:
-    try:
+    with contextlib.suppress(pexpect.TIMEOUT):
         child.expect(pexpect.EOF, timeout=seconds)
-    except pexpect.TIMEOUT:
-        pass
 
 
 def _drain_until(child: pexpect.spawn, pattern: re.Pattern[bytes], seconds: float) -> None:

@@ -13,7 +13,7 @@ from harness.guest import GuestOutcome
 from harness.plan import Plan
 from harness.profiles import ArchProfile, size_label
 from harness.protocol import GuestReport, GuestScenario
-from harness.results import Finding, Hvo, Scenario, Vmemmap
+from harness.results import Finding, Hvo, Scenario, summarize
 
 # The guest writes this to /dev/kmsg as each scenario starts (guest_scripts/scenarios.sh).
 _MARKER = re.compile(r"hvo-harness: scenario (?P<name>(?:boot|runtime) [^\r\n]*?)\s*$")
@@ -189,7 +189,7 @@ def _judge_scenario(
         return scenario
 
     if findings:
-        return fail("kernel complained: " + "; ".join(f.summary() for f in findings))
+        return fail("kernel complained: " + summarize(findings))
     if data.get("sysfs") == "absent":
         refusal = _refusal(report, label, hugetlb)
         if size in supported:
@@ -284,8 +284,7 @@ def _verdict(
     if outcome.ended == "exited" and not findings and not guest.env:
         return "error", outcome.reason
     if findings:
-        first = findings[0]
-        return "fail", f"{len(findings)} kernel finding(s), first: {first.summary()}"
+        return "fail", f"{len(findings)} kernel finding(s): {summarize(findings)}"
     if outcome.ended != "done":
         return "fail", outcome.reason
     if not guest.done:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import platform
 import shlex
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +97,7 @@ def boot(
     append: str = "",
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> Run:
     """One boot with hugetlb_free_vmemmap=<hvo>: all its scenarios, judged."""
     facts = kernel_facts(profile, kernel)
@@ -115,7 +118,7 @@ def boot(
     )
     if progress:
         progress(f"{profile.name}: booting with hugetlb_free_vmemmap={hvo} ({env.accel.used})")
-    outcome = guest.run(argv, console_log, timeout)
+    outcome = guest.run(argv, console_log, timeout, stop=stop)
     console = console_log.read_bytes().decode(errors="replace")
     results_text = files.results.read_text(errors="replace") if files.results.exists() else ""
     report = protocol.parse(results_text)
@@ -149,3 +152,61 @@ def boot(
 
 def new_results() -> Results:
     return Results(harness_version=f"{__version__} ({platform.node()})")
+
+
+@dataclass(frozen=True)
+class MatrixRequest:
+    profiles: list[ArchProfile]
+    kernel: str = "debian"
+    config: Path | None = None
+    hvo_settings: tuple[str, ...] = ("on", "off")
+    append: str = ""
+    timeout: float = DEFAULT_TIMEOUT
+    want_kvm: bool = True
+    # Arches booted at once: each TCG guest keeps about one host core busy.
+    jobs: int = 2
+
+
+def run_matrix(
+    request: MatrixRequest,
+    out_dir: Path,
+    on_run: Callable[[Results], None] | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> Results:
+    """Every arch x HVO setting; arches in parallel, each arch's boots in turn.
+
+    on_run gets the results so far after every boot (to save them: Ctrl-C keeps them)."""
+    results = new_results()
+    per_arch: dict[str, list[Run]] = {p.name: [] for p in request.profiles}
+    lock = threading.Lock()
+    stop = stop or threading.Event()
+
+    def one_arch(profile: ArchProfile) -> None:
+        kernel = prepare_kernel(profile, request.kernel, request.config)
+        env = prepare_environment(profile, request.want_kvm)
+        for hvo in request.hvo_settings:
+            if stop.is_set():
+                return
+            run = boot(profile, kernel, env, hvo, out_dir, request.append, request.timeout,
+                       progress, stop)
+            with lock:
+                per_arch[profile.name].append(run)
+                results.runs = [r for p in request.profiles for r in per_arch[p.name]]
+                if on_run:
+                    on_run(results)
+            if progress:
+                progress(f"{profile.name} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
+
+    # Downloads and builds shared by all arches happen once, before the threads start.
+    if any(request.kernel == "debian" for _ in request.profiles):
+        artefacts.ensure_linux_source()
+    with ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
+        futures = [pool.submit(one_arch, profile) for profile in request.profiles]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            stop.set()
+            raise
+    return results

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 from harness.dmesg import ConsoleReport
-from harness.results import Results, Run
+from harness.results import Results, Run, summarize
 
 _STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "bold magenta"}
 
@@ -21,10 +23,11 @@ def _vmemmap_cell(run: Run, index: int) -> str:
 
 def results_table(results: Results) -> Table:
     table = Table(title="hvo-harness: arch x scenario", show_lines=False)
-    for column in ("arch", "boot", "scenario", "status", "alloc", "vmemmap KiB/page e/c/m", "reason"):
-        table.add_column(column, overflow="fold")
+    for column in ("arch", "boot", "scenario", "status", "alloc", "vmemmap KiB/page e/c/m"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=1)
     for run in results.runs:
-        boot = f"hvo={run.hvo.requested} ({run.hvo.state})"
+        boot = f"hvo={run.hvo.requested}"
         for index, scenario in enumerate(run.scenarios):
             style = _STATUS_STYLE.get(scenario.status, "")
             table.add_row(
@@ -32,17 +35,30 @@ def results_table(results: Results) -> Table:
                 f"{scenario.allocated}/{scenario.requested}", _vmemmap_cell(run, index),
                 scenario.reason,
             )
-        style = _STATUS_STYLE.get(run.verdict, "")
-        findings = "; ".join(f.summary() for f in run.findings) or "no findings"
-        table.add_row(run.arch, boot, "[b]run verdict[/]", f"[{style}]{run.verdict}[/]", "", "",
-                      f"{run.verdict_reason}; {findings}; hvo: {run.hvo.reason}; "
-                      f"accel {run.accel.used}"
-                      + (f" ({run.accel.kvm_reason})" if run.accel.kvm_reason else ""))
     return table
 
 
+def run_summaries(results: Results) -> list[str]:
+    """One line per boot: verdict, why, HVO state, findings, accelerator."""
+    lines = []
+    for run in results.runs:
+        style = _STATUS_STYLE.get(run.verdict, "")
+        findings = summarize(run.findings) or "no findings"
+        accel = run.accel.used + (f" ({run.accel.kvm_reason})" if run.accel.kvm_reason else "")
+        lines.append(
+            f"[b]{run.arch} hvo={run.hvo.requested}[/]: [{style}]{run.verdict}[/] - "
+            f"{run.verdict_reason}. HVO {run.hvo.state}: {run.hvo.reason}. {findings}. "
+            f"boot {run.boot_seconds} s, accel {accel}. console: {run.console_log}"
+        )
+    return lines
+
+
 def print_results(results: Results, console: Console | None = None) -> None:
-    (console or Console()).print(results_table(results))
+    # A wide table even when piped to a file or CI log: rows are long.
+    out = console or Console(width=None if sys.stdout.isatty() else 220)
+    out.print(results_table(results))
+    for line in run_summaries(results):
+        out.print(line, highlight=False)
 
 
 def print_console_report(report: ConsoleReport, console: Console | None = None) -> None:

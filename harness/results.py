@@ -7,12 +7,14 @@ Field names in to_json() are a contract (see docs/results-schema.md): add, don't
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA_ID = "hvo-harness/1"
+_TIMESTAMP = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]\s*(?:\[\s*[CT]\d+\]\s*)?")
 
 Status = Literal["pass", "fail", "skip"]
 Verdict = Literal["pass", "fail", "error"]
@@ -31,11 +33,34 @@ class Finding:
     check: str | None = None
 
     def summary(self) -> str:
-        where = self.function or "?"
+        """'WARN at sparse_init (mm/sparse.c:606)', or the kernel's own headline line."""
+        name = self.check or self.kind.upper()
+        if not self.function:
+            headline = self.headline()
+            return headline if headline.upper().startswith(name) else f"{name}: {headline}"
+        where = self.function
         if self.file:
             where += f" ({self.file}:{self.line})" if self.line else f" ({self.file})"
-        name = self.check or self.kind.upper()
         return f"{name} at {where}"
+
+    def headline(self) -> str:
+        """The first line of the excerpt that is not a cut-here rule, without its timestamp."""
+        for line in self.excerpt.splitlines():
+            text = _TIMESTAMP.sub("", line).strip()
+            if text and "cut here" not in text:
+                return text
+        return self.kind
+
+
+def summarize(findings: list[Finding], limit: int = 3) -> str:
+    """Findings grouped by summary with counts: '60 x BUG: Bad page state in process sh'."""
+    counts: dict[str, int] = {}
+    for finding in findings:
+        key = re.sub(r"\bpfn:\w+|0x[0-9a-f]+", "…", finding.summary())
+        counts[key] = counts.get(key, 0) + 1
+    parts = [f"{n} x {key}" if n > 1 else key for key, n in counts.items()]
+    extra = f" (+{len(parts) - limit} more kinds)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + extra
 
 
 @dataclass

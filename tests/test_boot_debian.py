@@ -1,0 +1,85 @@
+"""Real boots of Debian sid's prebuilt kernels on all three arches (the built-in default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.results import Results, validate
+from tests.conftest import find_run
+
+pytestmark = pytest.mark.boot
+
+FREED_KIB = {"2M": 28, "1G": 16380}  # 4K pages, 64-byte struct page: (V - PAGE_SIZE) / 1024
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "riscv64"])
+def test_hvo_on_saves_exactly_what_the_rules_say(default_matrix: Results, arch: str) -> None:
+    run = find_run(default_matrix, arch, "on")
+    assert run.verdict == "pass", (run.verdict_reason, run.console_log)
+    assert run.hvo.state == "active"
+    assert run.findings == []
+    judged = [s for s in run.scenarios if s.size in FREED_KIB and s.hvo == "on"]
+    # Boot-time and run-time, both nodes, for both sizes.
+    assert {(s.size, s.mode, s.node) for s in judged} == {
+        (size, mode, node) for size in FREED_KIB for mode in ("boot", "runtime") for node in (0, 1)
+    }
+    for scenario in judged:
+        vm = scenario.vmemmap
+        want = FREED_KIB[scenario.size]
+        assert scenario.status == "pass", scenario.reason
+        assert scenario.allocated == scenario.requested > 0
+        assert (vm.expected_kib_per_page, vm.claimed_kib_per_page) == (want, want)
+        assert vm.measured_kib_per_page == want and vm.restored_kib_per_page == want
+        assert scenario.checks["guest"]["tail_flags_bad"] == "0"
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "riscv64"])
+@pytest.mark.parametrize("hvo", ["on", "off"])
+def test_hvo_off_allocations_free_nothing(default_matrix: Results, arch: str, hvo: str) -> None:
+    run = find_run(default_matrix, arch, hvo)
+    off = [s for s in run.scenarios if s.hvo == "off" and s.size in FREED_KIB]
+    assert off, "every boot has HVO-off allocations (cmdline or sysctl)"
+    for scenario in off:
+        assert scenario.status == "pass", scenario.reason
+        assert scenario.vmemmap.measured_kib_per_page == 0
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "riscv64", "loongarch64"])
+def test_16g_is_refused_with_the_kernels_message(default_matrix: Results, arch: str) -> None:
+    run = find_run(default_matrix, arch, "on")
+    sixteen = [s for s in run.scenarios if s.size == "16G"]
+    assert len(sixteen) >= 4  # boot and run time, on both nodes
+    for scenario in sixteen:
+        assert scenario.status == "skip"
+        assert "unsupported hugepagesz=16G" in scenario.reason
+        assert "EINVAL" in scenario.reason
+
+
+def test_loongarch_16k_kernel_is_hvo_inactive_never_pass(default_matrix: Results) -> None:
+    run = find_run(default_matrix, "loongarch64", "on")
+    assert run.hvo.state == "inactive"
+    assert "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP" in run.hvo.reason
+    assert run.findings == []
+    native = [s for s in run.scenarios if s.size == "32M"]
+    assert native and all(s.allocated == s.requested for s in native)
+    for scenario in native:
+        if scenario.hvo == "on":
+            assert scenario.status == "skip" and "HVO inactive" in scenario.reason
+    # 2M and 1G do not exist with 16K pages: refused, reported as skips.
+    assert all(s.status == "skip" for s in run.scenarios if s.size in ("2M", "1G"))
+
+
+def test_results_json_keeps_the_contract(default_matrix: Results, tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    default_matrix.write(path)
+    document = json.loads(path.read_text())
+    validate(document)
+    for run in document["runs"]:
+        assert Path(run["console_log"]).stat().st_size > 0
+        assert run["accel"]["used"] == "tcg" or run["accel"]["kvm_reason"] is None
+        assert run["kernel"]["source"]["type"] == "debian"
+        for scenario in run["scenarios"]:
+            assert scenario["reason"], "every status carries a reason"
