@@ -615,7 +615,7 @@ def _fetch_source(apt: _Apt) -> Path:
                 f"{name} {version} has no usr/src/{name}.tar.*: "
                 "Debian changed its packaging; update harness/artefacts.py"
             )
-        apt.progress(f"source: unpacking {tarballs[0].name} (a few minutes)")
+        apt.progress(f"source: unpacking {tarballs[0].name} (about a minute)")
         (tmp / "tree").mkdir()
         done = subprocess.run(
             ["tar", "-x", "-f", str(tarballs[0]), "-C", str(tmp / "tree")],
