@@ -161,9 +161,7 @@ class _Apt:
             argv.insert(2, "-y")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
         with _locked(self.root / ".harness.lock"):
-            done = subprocess.run(
-                argv, cwd=cwd, env=env, capture_output=True, text=True, check=False
-            )
+            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise _AptError(f"`{tool} {' '.join(args)}` failed: {_apt_reason(done)}")
         return done.stdout
@@ -237,9 +235,7 @@ def _locked(path: Path) -> Iterator[None]:
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as tmp:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         tmp.write(text)
     os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, path)
@@ -315,9 +311,7 @@ def _elf_machine(path: Path) -> int | None:
     return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
 
 
-def _unpacked_package(
-    apt: _Apt, name: str, arch: str, record: Deb822
-) -> tuple[DebianPackage, Path]:
+def _unpacked_package(apt: _Apt, name: str, arch: str, record: Deb822) -> tuple[DebianPackage, Path]:
     """Download NAME:ARCH (the version in RECORD) and unpack it into the cache, once.
 
     The tree is unpacked next to its final place and renamed into it, so an interrupted
@@ -410,15 +404,10 @@ def _fetch_kernel(apt: _Apt, profile: ArchProfile) -> DebianKernel:
     apt.update()
     release, binary_record, base_record = _resolve_kernel_abi(apt, profile)
     apt.progress(
-        f"{profile.name}: newest sid kernel is "
-        f"{binary_record['Package']} {binary_record['Version']}"
+        f"{profile.name}: newest sid kernel is {binary_record['Package']} {binary_record['Version']}"
     )
-    binary, binary_dir = _unpacked_package(
-        apt, binary_record["Package"], profile.debian_arch, binary_record
-    )
-    base, base_dir = _unpacked_package(
-        apt, base_record["Package"], profile.debian_arch, base_record
-    )
+    binary, binary_dir = _unpacked_package(apt, binary_record["Package"], profile.debian_arch, binary_record)
+    base, base_dir = _unpacked_package(apt, base_record["Package"], profile.debian_arch, base_record)
     image = binary_dir / "usr/lib/modules" / release / "vmlinuz"
     config = base_dir / "usr/lib/modules" / release / "config"
     for path, package in ((image, binary), (config, base)):

@@ -240,8 +240,7 @@ def _detect_pe_kernel(reader: _Reader) -> _Found:
         # offset at 0x18, LINUX_PE_MAGIC at 0x38, then the PE header.
         return _Found("loongarch-efi", arch)
     raise _NotAKernel(
-        f"it is an EFI (PE) image for {arch or foreign} without a Linux boot header "
-        "this harness knows"
+        f"it is an EFI (PE) image for {arch or foreign} without a Linux boot header this harness knows"
     )
 
 
@@ -320,9 +319,7 @@ def _decompress(data: bytes, compression: str) -> bytes:
             return bz2.decompress(data)
     except (zstandard.ZstdError, zlib.error, lzma.LZMAError, OSError, EOFError):
         raise _NotAKernel(f"its {compression} payload does not decompress") from None
-    raise _NotAKernel(
-        f"its payload is compressed with {compression!r}, which the harness cannot unpack"
-    )
+    raise _NotAKernel(f"its payload is compressed with {compression!r}, which the harness cannot unpack")
 
 
 def _unpack_zboot(path: Path, found: _Found, key: str) -> Path:
@@ -395,9 +392,7 @@ def prepare(path: Path, profile: ArchProfile) -> KernelImage:
         raise _not_a_kernel(original, "its EFI zboot payloads nest too deep")
     _check_arch(original, inner, profile)
     if found.arch is not None and inner.arch != found.arch:
-        raise _not_a_kernel(
-            original, f"its PE header says {found.arch} but its payload is {inner.arch}"
-        )
+        raise _not_a_kernel(original, f"its PE header says {found.arch} but its payload is {inner.arch}")
     return KernelImage(
         path=current,
         original=original,

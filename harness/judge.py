@@ -103,15 +103,18 @@ def judge(
 def _planned_keys(plan: Plan, guest: GuestReport) -> list[tuple[str, int, int, str | None]]:
     """The scenarios the plan asks for, as far as they can be known without the guest."""
     keys: list[tuple[str, int, int, str | None]] = []
+    # The nodes the guest kernel really has (a kernel may see fewer than QEMU was given).
+    reported = guest.env.get("nodes", "")
+    nodes = [int(n) for n in reported.split(",") if n.isdigit()] or list(range(plan.nodes))
     for size in plan.sizes:
-        for node in range(plan.nodes):
+        for node in nodes:
             keys.append(("boot", size // 1024, node, None))
     passes: list[str | None] = [str(v) for v in plan.sysctl_passes]
     if guest.env.get("sysctl") == "absent":
         passes = ["absent"]
     for value in passes:
         for size in plan.sizes:
-            for node in range(plan.nodes):
+            for node in nodes:
                 keys.append(("runtime", size // 1024, node, value))
     return keys
 
@@ -136,10 +139,16 @@ def hvo_state(plan: Plan, facts: KernelFacts, guest: GuestReport, hugetlb: dmesg
     ]
     rule_reasons = sorted({r.reason for r in rules if r.reason})
     sysctl = guest.env.get("sysctl")
-    if sysctl == "absent":
-        why = "; ".join(rule_reasons) or "the kernel was built without HVO"
-        return Hvo("on", "inactive", f"no /proc/sys/vm/hugetlb_optimize_vmemmap: {why}")
     claims = {label: kib for label, kib in hugetlb.freeable_kib.items()}
+    if sysctl == "absent":
+        if facts.hvo_built:
+            listed = ", ".join(f"{kib} KiB for {label}" for label, kib in claims.items())
+            why = (f"CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y, yet the kernel claims {listed or 'nothing'}"
+                   " and registers no sysctl: with the option built in, mm/hugetlb_vmemmap.h gives 0"
+                   " only when sizeof(struct page) is not a power of two")
+        else:
+            why = "; ".join(rule_reasons) or "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP is not set"
+        return Hvo("on", "inactive", f"no /proc/sys/vm/hugetlb_optimize_vmemmap: {why}")
     if claims and not any(claims.values()):
         why = "; ".join(rule_reasons) or "the rules give savings, the kernel claims none"
         listed = ", ".join(f"{kib} KiB for {label}" for label, kib in claims.items())
@@ -240,7 +249,9 @@ def _judge_scenario(
         vm.measured_by = "nr_memmap_pages + nr_memmap_boot_pages, restored on release"
     vm.restored_kib_per_page = restored
 
-    if scenario_hvo == "on" and hvo.state == "inactive" and rule.kib_per_page == 0:
+    if scenario_hvo == "on" and hvo.state == "inactive" and not claimed:
+        # Asked for HVO, the kernel cannot do it: never a pass; the reason says why.
+        vm.expected_kib_per_page = 0
         scenario.status = "skip"
         scenario.reason = f"HVO inactive: {hvo.reason}"
         return scenario

@@ -42,7 +42,9 @@ class Plan:
 
 def make_plan(profile: ArchProfile, page_size: int, hvo: str) -> Plan:
     native = profile.huge_sizes_by_page_size.get(page_size, ())
-    sizes = tuple(dict.fromkeys([*COMMON_SIZES, *native]))
+    # Native sizes first: Debian's loong64 7.2.13 ignored a valid hugepagesz=32M that came after
+    # two unsupported sizes (docs/findings.md #2), so the refusals must not shadow the rest.
+    sizes = tuple(dict.fromkeys([*native, *COMMON_SIZES]))
     return Plan(
         hvo=hvo,
         sizes=sizes,

@@ -75,9 +75,7 @@ def test_kernel_and_busybox_match_manifest(filled, arch: str) -> None:
     assert manifest["kernel"]["release"] == kernel.release
     assert manifest["kernel"]["image_sha256"] == kernel.image_sha256
     assert cache_root() / manifest["kernel"]["image"] == kernel.image
-    assert [p["version"] for p in manifest["kernel"]["packages"]] == [
-        p.version for p in kernel.packages
-    ]
+    assert [p["version"] for p in manifest["kernel"]["packages"]] == [p.version for p in kernel.packages]
     assert manifest["busybox"]["package"]["version"] == busybox.package.version
     assert manifest["busybox"]["sha256"] == sha256_file(busybox.path)
 
@@ -131,9 +129,7 @@ def test_fetch_summary_offline(filled, no_apt) -> None:
 def test_refresh_without_network_keeps_cache(filled, dead_network) -> None:
     kernel, _ = filled["riscv64"]
     progress: list[str] = []
-    again = artefacts.ensure_debian_kernel(
-        get_profile("riscv64"), refresh=True, progress=progress.append
-    )
+    again = artefacts.ensure_debian_kernel(get_profile("riscv64"), refresh=True, progress=progress.append)
     assert again == kernel
     assert any("keeping the cached copy" in line for line in progress), progress
 
@@ -150,17 +146,13 @@ def test_no_cache_and_no_network_is_one_line_error(
     assert "\n" not in message
 
 
-def test_no_apt_and_no_cache_says_so(
-    no_apt, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_no_apt_and_no_cache_says_so(no_apt, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HVO_HARNESS_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(HarnessError, match=r"apt-(cache|get) not found"):
         artefacts.ensure_debian_kernel(get_profile("x86_64"))
 
 
-def test_corrupt_cached_image_is_not_trusted(
-    filled, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_corrupt_cached_image_is_not_trusted(filled, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A manifest whose image no longer matches its sha256 is a cache miss, not a result."""
     kernel, _ = filled["x86_64"]
     copy = tmp_path / "cache"

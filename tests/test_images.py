@@ -71,9 +71,7 @@ def test_wrong_arch_names_both(kernels: dict[str, DebianKernel], arch: str) -> N
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
-def test_truncated_copy_is_refused(
-    kernels: dict[str, DebianKernel], arch: str, tmp_path: Path
-) -> None:
+def test_truncated_copy_is_refused(kernels: dict[str, DebianKernel], arch: str, tmp_path: Path) -> None:
     truncated = tmp_path / "vmlinuz"
     truncated.write_bytes(kernels[arch].image.read_bytes()[:4096])
     for call in (images.detect, lambda path: images.prepare(path, get_profile(arch))):
@@ -137,9 +135,7 @@ def test_elf_arch_comes_from_e_machine(arch: str) -> None:
     """Debian's static busybox stands in for an ELF vmlinux: no sid package ships one."""
     busybox = ensure_busybox(get_profile(arch))
     assert images.detect(busybox.path) == ("elf", arch)
-    with pytest.raises(
-        HarnessError, match=f"is an? {arch} kernel, but --arch {_other_arch(arch)} was asked"
-    ):
+    with pytest.raises(HarnessError, match=f"is an? {arch} kernel, but --arch {_other_arch(arch)} was asked"):
         images.prepare(busybox.path, get_profile(_other_arch(arch)))
 
 

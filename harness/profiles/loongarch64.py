@@ -16,9 +16,11 @@ PROFILE = ArchProfile(
     console="ttyS0",
     # Without it Debian's kernel oopses in i8042_flush: the virt machine has no i8042.
     extra_cmdline=("initcall_blacklist=i8042_init",),
-    node_mem_mib=(4096, 4096),
+    # One node: Debian's loong64 kernel sees a single NUMA node on QEMU's virt machine even when
+    # given two ("1 NUMA nodes"), and then refuses hugepages= naming node 1 as a whole.
+    node_mem_mib=(8192,),
     smp=2,
     # The huge page is one PMD: 2M with 4K pages, 32M with 16K pages (Debian's loong64).
     huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB), 16384: (32 * MIB,)},
-    image_formats=("elf", "efi-zboot"),
+    image_formats=("elf", "efi-zboot", "loongarch-efi"),
 )
