@@ -54,8 +54,11 @@ def test_16g_is_refused_with_the_kernels_message(default_matrix: Results, arch: 
     assert len(sixteen) >= 4  # boot and run time, on both nodes
     for scenario in sixteen:
         assert scenario.status == "skip"
-        assert "unsupported hugepagesz=16G" in scenario.reason
+        # The kernel's refusal: mmap's EINVAL always; the boot-time message where it prints one
+        # (loong64 prints none after two other unsupported sizes: docs/findings.md #2).
         assert "EINVAL" in scenario.reason
+        if arch != "loongarch64":
+            assert "unsupported hugepagesz=16G" in scenario.reason
 
 
 def test_loongarch_16k_kernel_is_hvo_inactive_never_pass(default_matrix: Results) -> None:
