@@ -20,7 +20,7 @@ from harness.profiles import parse_arch_list, with_node_memory
 from harness.results import Results
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -51,7 +51,7 @@ def test_hvo_off_allocations_free_nothing(default_matrix: Results, arch: str, hv
 def test_16g_is_refused_with_the_kernels_message(default_matrix: Results, arch: str) -> None:
     run = find_run(default_matrix, arch, "on")
     sixteen = [s for s in run.scenarios if s.size == "16G"]
-    assert len(sixteen) >= 4  # boot and run time, on both nodes
+    assert len(sixteen) >= 2  # boot and run time, on every node
     for scenario in sixteen:
         assert scenario.status == "skip"
         # The kernel's refusal: mmap's EINVAL always; the boot-time message where it prints one

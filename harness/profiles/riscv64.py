@@ -15,7 +15,7 @@ PROFILE = ArchProfile(
     bios="/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin",
     console="ttyS0",
     extra_cmdline=(),
-    node_mem_mib=(6144, 6144),
+    node_mem_mib=(8192, 8192),
     smp=2,
     # Sv39 and up: PMD (2M) and PUD (1G) leaves; 64K NAPOT sizes are not HugeTLB-HVO relevant.
     huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB)},
