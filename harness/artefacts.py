@@ -494,7 +494,7 @@ def _fetch_busybox(apt: _Apt, profile: ArchProfile) -> Busybox:
     if machine != profile.elf_machine:
         raise HarnessError(
             f"{path} is ELF machine {machine}, not {profile.elf_machine} ({profile.name}): "
-            "remove it from the cache and run `hvo-harness fetch --refresh`"
+            "remove it from the cache and run `hvo-harness fetch`"
         )
     entry = {
         "path": _rel(path),

@@ -9,7 +9,6 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,6 @@ def run(
     argv: list[str],
     console_log: Path,
     timeout: float,
-    on_line: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
 ) -> GuestOutcome:
     """Boot argv; `stop` (set by another thread on Ctrl-C) ends the guest within a second."""
@@ -63,8 +61,6 @@ def run(
                 index = child.expect(patterns, timeout=min(remaining, 1.0))
                 if index == 0:
                     boot_seconds = time.monotonic() - start
-                    if on_line:
-                        on_line("init started")
                 elif index == 1:
                     ended, reason = "done", "guest finished its scenarios"
                     _wait_for_exit(child, POWEROFF_GRACE_SECONDS)

@@ -6,7 +6,7 @@ every check that applies was made and held (a number the kernel cannot give is s
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness import dmesg, oracle
 from harness.guest import GuestOutcome
@@ -35,7 +35,6 @@ class Judgement:
     verdict: str
     verdict_reason: str
     hugetlb: dmesg.HugeTLBReport
-    findings_by_segment: dict[str, list[Finding]] = field(default_factory=dict)
 
 
 def segment_console(text: str) -> dict[str, str]:
@@ -97,7 +96,7 @@ def judge(
             )
         )
     verdict, reason = _verdict(outcome, guest, full.findings, scenarios)
-    return Judgement(scenarios, full.findings, hvo, verdict, reason, hugetlb, by_segment)
+    return Judgement(scenarios, full.findings, hvo, verdict, reason, hugetlb)
 
 
 def _planned_keys(plan: Plan, guest: GuestReport) -> list[tuple[str, int, int, str | None]]:

@@ -205,9 +205,9 @@ def run_matrix(
             if progress:
                 progress(f"{profile.name} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
 
-    # Downloads and builds shared by all arches happen once, before the threads start.
-    if any(request.kernel == "debian" for _ in request.profiles):
-        artefacts.ensure_linux_source()
+    # The source tree (nolibc for the guest helper) is shared by all arches: fetch it once,
+    # before the threads start.
+    artefacts.ensure_linux_source()
     with ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
         futures = [pool.submit(one_arch, profile) for profile in request.profiles]
         try:

@@ -1,0 +1,26 @@
+"""Real kernel failures stay visible: docs/findings.md #1 reproduced and reported as FAIL.
+
+The default layout (6 GiB nodes) does not hit it; this test keeps the 4 GiB layout that does,
+so a change of config or scenario cannot quietly hide it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import pipeline
+from harness.profiles import get_profile, with_node_memory
+
+pytestmark = pytest.mark.boot
+
+
+def test_bad_page_state_on_releasing_a_boot_time_1g_hvo_page_is_a_fail(tmp_path: Path) -> None:
+    profile = with_node_memory(get_profile("x86_64"), "4096,4096")
+    kernel = pipeline.prepare_kernel(profile, "debian")
+    env = pipeline.prepare_environment(profile)
+    run = pipeline.boot(profile, kernel, env, "on", tmp_path)
+    assert run.verdict == "fail"
+    assert any("Bad page state" in f.excerpt for f in run.findings), run.verdict_reason
+    released = next(s for s in run.scenarios if (s.size, s.mode, s.node) == ("1G", "boot", 0))
+    assert released.status == "fail" and "Bad page state" in released.reason
