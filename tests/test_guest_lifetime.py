@@ -17,7 +17,8 @@ pytestmark = pytest.mark.boot
 
 
 def qemu_processes_mentioning(text: str) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    # -ww: full command lines (piped, ps cuts them to a width and the path would never match).
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in ps.splitlines() if "qemu-system" in line and text in line]
 
 
