@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="arches booted at once (default: 2, one TCG guest per core)")
     run.add_argument("--node-mem", metavar="MIB,MIB",
                      help="guest memory per NUMA node in MiB (default: the arch profile's)")
+    _tree_arguments(run, tree_required=False)
+
+    build = commands.add_parser("build", help="build kernels from a tree (cached), without booting")
+    build.add_argument("--arch", default="all", help="x86_64,riscv64,loongarch64 or all (default)")
+    _tree_arguments(build, tree_required=True)
 
     parse = commands.add_parser("parse", help="findings and HugeTLB lines of a console log")
     parse.add_argument("log", type=Path)
@@ -59,11 +64,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_TREE = "debian"
+
+
+def _tree_arguments(parser: argparse.ArgumentParser, tree_required: bool) -> None:
+    """Options shared by `build` and `run --tree`."""
+    parser.add_argument(
+        "--tree", nargs="?", const=DEFAULT_TREE, default=DEFAULT_TREE if tree_required else None,
+        metavar="PATH",
+        help="build the kernel from this tree; alone (or 'debian'): Debian's newest linux-source",
+    )
+    parser.add_argument("--variant", default=None,
+                        help="kconfig variant(s), comma-separated: base, debug, debug+4k, ... "
+                             "(fragments of kconfigs/ and page sizes joined by '+')")
+    parser.add_argument("--page-sizes", choices=("default", "all"), default="default",
+                        help="all: build each variant at every page size the arch has")
+    parser.add_argument("--toolchain", choices=("gcc", "llvm"),
+                        help="default: the arch's first (gcc; llvm for loongarch64)")
+    parser.add_argument("--patches", type=Path,
+                        help="an mbox or a directory of .patch files, applied with git am in a worktree")
+    parser.add_argument("--fragment", type=Path, action="append", default=[],
+                        help="an extra kconfig fragment (repeatable), merged after the variant's")
+
+
+def _tree_build(args: argparse.Namespace) -> pipeline.TreeBuild | None:
+    if args.tree is None:
+        for option in ("variant", "patches", "toolchain"):
+            if getattr(args, option):
+                raise HarnessError(f"--{option} needs --tree (a tree; --tree alone: linux-source)")
+        if args.fragment or args.page_sizes != "default":
+            raise HarnessError("--fragment and --page-sizes need --tree")
+        return None
+    variants = tuple(v.strip() for v in args.variant.split(",") if v.strip()) if args.variant else (None,)
+    return pipeline.TreeBuild(
+        tree=None if args.tree == DEFAULT_TREE else Path(args.tree),
+        patches=args.patches,
+        variants=variants or (None,),
+        all_page_sizes=args.page_sizes == "all",
+        toolchain=args.toolchain,
+        fragments=tuple(args.fragment),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "build":
+            return _build(args)
         if args.command == "parse":
             return _parse(args)
         if args.command == "fetch":
@@ -81,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         raise HarnessError(f"--hvo {args.hvo!r}: give on, off or on,off")
     if args.kernel != "debian" and len(profiles) > 1:
         raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
+    tree_build = _tree_build(args)
+    if tree_build and args.kernel != "debian":
+        raise HarnessError("--kernel and --tree both name the kernel to boot: give one")
     out_dir: Path = args.out
     json_paths = [out_dir / "results.json", *([args.json] if args.json else [])]
     saved = pipeline.new_results()
@@ -96,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     request = pipeline.MatrixRequest(
         profiles=profiles, kernel=args.kernel, config=args.config, hvo_settings=tuple(settings),
         append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
+        build=tree_build,
     )
     progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
     stop = threading.Event()
@@ -117,6 +170,20 @@ def exit_code(results: Results) -> int:
     if "error" in verdicts:
         return EXIT_SETUP if verdicts == {"error"} else EXIT_FAIL
     return EXIT_FAIL if "fail" in verdicts or not results.runs else EXIT_PASS
+
+
+def _build(args: argparse.Namespace) -> int:
+    profiles = parse_arch_list(args.arch)
+    spec = _tree_build(args)
+    assert spec is not None
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    request = pipeline.MatrixRequest(profiles=profiles, build=spec)
+    built = pipeline.prepare_kernels(request, progress)
+    for profile, kernel in built:
+        source = kernel.info.source
+        print(f"{profile.name} {kernel.variant}: {kernel.info.path} "
+              f"(sha256 {kernel.info.sha256[:16]}, metadata {source['build_metadata']})")
+    return EXIT_PASS
 
 
 def _parse(args: argparse.Namespace) -> int:

@@ -20,9 +20,11 @@ from harness import (
     images,
     initramfs,
     judge,
+    kbuild,
     kconfig,
     protocol,
     qemu,
+    trees,
 )
 from harness.plan import make_plan
 from harness.profiles import ArchProfile
@@ -39,6 +41,8 @@ class PreparedKernel:
     image: images.KernelImage
     info: KernelInfo
     config: dict[str, str] | None
+    # The build variant for a kernel built from a tree ('debug+4k'), else None.
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,66 @@ def prepare_kernel(profile: ArchProfile, kernel: str, config_path: Path | None =
     return PreparedKernel(image, info, config)
 
 
+@dataclass(frozen=True)
+class TreeBuild:
+    """Kernels built from a tree for each arch and variant (tree None: Debian's linux-source)."""
+
+    tree: Path | None = None
+    patches: Path | None = None
+    # Variant names (kbuild.resolve_variant); None is the base variant.
+    variants: tuple[str | None, ...] = (None,)
+    # Build each variant at every page size the arch has (loongarch64: 16k and 4k).
+    all_page_sizes: bool = False
+    toolchain: str | None = None
+    fragments: tuple[Path, ...] = ()
+
+
+def source_tree(tree: Path | None, progress: Progress | None = None) -> Path:
+    """The tree to build: the one given, or Debian's newest linux-source as a git repository
+    (one commit, so a series can go on it with git am and builds key on that commit)."""
+    if tree is not None:
+        return trees.check_tree(tree)
+    path = artefacts.ensure_linux_source(progress=progress)
+    if not trees.is_git(path):
+        if progress:
+            progress(f"making {path.name} a git repository (once)")
+        trees.ensure_git(path)
+    return path
+
+
+def resolve_source(spec: TreeBuild, progress: Progress | None = None) -> trees.Source:
+    return trees.resolve(source_tree(spec.tree, progress), spec.patches)
+
+
+def variant_names(profile: ArchProfile, spec: TreeBuild) -> list[str | None]:
+    if not spec.all_page_sizes:
+        return list(spec.variants)
+    return [name for variant in spec.variants for name in kbuild.page_size_variants(profile, variant)]
+
+
+def build_kernel(
+    profile: ArchProfile, spec: TreeBuild, variant_name: str | None, source: trees.Source,
+    progress: Progress | None = None,
+) -> PreparedKernel:
+    """Build (or take from the build cache) one arch and variant, ready to boot."""
+    variant = kbuild.resolve_variant(profile, variant_name, spec.fragments)
+    toolchain = kbuild.find_toolchain(profile, spec.toolchain)
+    built = kbuild.build(kbuild.BuildRequest(source, profile, variant, toolchain), progress)
+    image = images.prepare(built.image, profile)
+    metadata = built.metadata
+    kernel_source = {
+        "type": "tree",
+        **dict(metadata["source"]),  # type: ignore[call-overload]
+        "variant": variant.name,
+        "config_sha256": metadata["config_sha256"],
+        "toolchain": metadata["toolchain"],
+        "build_metadata": str(built.metadata_path),
+        "built_now": built.built,
+    }
+    info = KernelInfo(str(built.image), built.release, image.sha256, kernel_source)
+    return PreparedKernel(image, info, kconfig.read(built.config), variant.name)
+
+
 def prepare_environment(profile: ArchProfile, want_kvm: bool = True) -> GuestEnvironment:
     qemu.qemu_path(profile)  # a missing QEMU is a set-up error before any download
     busybox = artefacts.ensure_busybox(profile)
@@ -102,7 +166,7 @@ def boot(
     """One boot with hugetlb_free_vmemmap=<hvo>: all its scenarios, judged."""
     facts = kernel_facts(profile, kernel)
     plan = make_plan(profile, facts.page_size, hvo)
-    stem = f"{profile.name}-hvo-{hvo}"
+    stem = f"{profile.name}-{kernel.variant}-hvo-{hvo}" if kernel.variant else f"{profile.name}-hvo-{hvo}"
     console_log = out_dir / f"{stem}.console.log"
     files = qemu.GuestFiles(
         kernel.image.path, env.initramfs, out_dir / f"{stem}.results.ktap", out_dir / f"{stem}.dmesg.log"
@@ -131,6 +195,7 @@ def boot(
     verdict = judge.judge(profile, plan, facts, console, report, outcome)
     return Run(
         arch=profile.name,
+        variant=kernel.variant,
         kernel=kernel.info,
         accel=Accel(env.accel.used, env.accel.kvm_reason),  # type: ignore[arg-type]
         cmdline=cmdline,
@@ -172,6 +237,28 @@ class MatrixRequest:
     want_kvm: bool = True
     # Arches booted at once: each TCG guest keeps about one host core busy.
     jobs: int = 2
+    # Build kernels from a tree instead of `kernel` (CLI: run --tree).
+    build: TreeBuild | None = None
+
+
+def prepare_kernels(
+    request: MatrixRequest, progress: Progress | None = None
+) -> list[tuple[ArchProfile, PreparedKernel]]:
+    """Every (arch, kernel) the matrix boots; builds run here, one at a time, before any boot."""
+    if request.build is None:
+        return [(p, prepare_kernel(p, request.kernel, request.config)) for p in request.profiles]
+    # Every variant and toolchain first: a bad name or a missing compiler fails before any
+    # download or an hour of building.
+    for profile in request.profiles:
+        for name in variant_names(profile, request.build):
+            kbuild.resolve_variant(profile, name, request.build.fragments)
+        kbuild.find_toolchain(profile, request.build.toolchain)
+    source = resolve_source(request.build, progress)
+    return [
+        (profile, build_kernel(profile, request.build, name, source, progress))
+        for profile in request.profiles
+        for name in variant_names(profile, request.build)
+    ]
 
 
 def run_matrix(
@@ -185,12 +272,16 @@ def run_matrix(
 
     on_run gets the results so far after every boot (to save them: Ctrl-C keeps them)."""
     results = new_results()
-    per_arch: dict[str, list[Run]] = {p.name: [] for p in request.profiles}
-    lock = threading.Lock()
     stop = stop or threading.Event()
+    # The source tree (nolibc for the guest helper) is shared by all arches: fetch it once,
+    # before the threads start.
+    artefacts.ensure_linux_source()
+    units = prepare_kernels(request, progress)
+    per_unit: list[list[Run]] = [[] for _ in units]
+    lock = threading.Lock()
 
-    def one_arch(profile: ArchProfile) -> None:
-        kernel = prepare_kernel(profile, request.kernel, request.config)
+    def one_unit(index: int) -> None:
+        profile, kernel = units[index]
         env = prepare_environment(profile, request.want_kvm)
         for hvo in request.hvo_settings:
             if stop.is_set():
@@ -198,18 +289,16 @@ def run_matrix(
             run = boot(profile, kernel, env, hvo, out_dir, request.append, request.timeout,
                        progress, stop)
             with lock:
-                per_arch[profile.name].append(run)
-                results.runs = [r for p in request.profiles for r in per_arch[p.name]]
+                per_unit[index].append(run)
+                results.runs = [r for runs in per_unit for r in runs]
                 if on_run:
                     on_run(results)
             if progress:
-                progress(f"{profile.name} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
+                label = f"{profile.name} {kernel.variant}" if kernel.variant else profile.name
+                progress(f"{label} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
 
-    # The source tree (nolibc for the guest helper) is shared by all arches: fetch it once,
-    # before the threads start.
-    artefacts.ensure_linux_source()
     with ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
-        futures = [pool.submit(one_arch, profile) for profile in request.profiles]
+        futures = [pool.submit(one_unit, index) for index in range(len(units))]
         try:
             for future in futures:
                 future.result()

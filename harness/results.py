@@ -106,7 +106,9 @@ class KernelInfo:
     path: str
     release: str | None
     sha256: str
-    source: dict[str, Any]  # {"type": "debian", "package": ..., "version": ...} or a tree's state
+    # {"type": "debian", "packages": [...]}, {"type": "image", ...} or {"type": "tree", "tree": ...,
+    # "commit": ..., "variant": ..., "config_sha256": ...} for a kernel built from a tree.
+    source: dict[str, Any]
 
 
 @dataclass
@@ -141,6 +143,8 @@ class Run:
     qemu_argv: list[str] = field(default_factory=list)
     results_log: str | None = None
     hugetlb: dict[str, Any] = field(default_factory=dict)
+    # The build variant (e.g. 'debug+16k') for kernels built from a tree; None otherwise.
+    variant: str | None = None
 
 
 @dataclass

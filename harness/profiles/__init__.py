@@ -17,6 +17,38 @@ GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
+class Toolchain:
+    """A compiler family for kernel builds, as make variables plus the tools it needs."""
+
+    name: str
+    make_vars: tuple[str, ...]
+    # The C compiler make calls (ccache goes in front of it when present).
+    compiler: str
+    # (executable, Debian package that provides it): a missing one is an error naming the package.
+    tools: tuple[tuple[str, str], ...]
+
+
+LLVM_19 = Toolchain(
+    "llvm", ("LLVM=-19",), "clang-19",
+    (("clang-19", "clang-19 (bookworm-backports)"), ("ld.lld-19", "lld-19 (bookworm-backports)"),
+     ("llvm-ar-19", "llvm-19 (bookworm-backports)")),
+)
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """How a kernel for this arch is built from a tree (kbuild.py reads it)."""
+
+    # make target and the bootable image it leaves under O=.
+    target: str
+    image: str
+    # The first is the default; --toolchain picks another by name.
+    toolchains: tuple[Toolchain, ...]
+    # Page sizes with a kconfigs/page-size/<arch>-<label>.config; the first is the default.
+    page_sizes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ArchProfile:
     name: str
     # Debian's name for the arch (package suffix, apt architecture).
@@ -44,6 +76,7 @@ class ArchProfile:
     huge_sizes_by_page_size: dict[int, tuple[int, ...]]
     # Kernel image formats QEMU boots for this arch, by images.py's format names.
     image_formats: tuple[str, ...]
+    build: KernelBuild
     # sizeof(struct page) on this arch's 64-bit configs (power of two: HVO possible).
     struct_page_size: int = 64
     # Options QEMU must be given for the virtio-serial results channel.

@@ -1,6 +1,6 @@
 """loongarch64 on QEMU's virt machine, booted directly (QEMU >= 10)."""
 
-from harness.profiles import GIB, MIB, ArchProfile
+from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, KernelBuild
 
 PROFILE = ArchProfile(
     name="loongarch64",
@@ -23,4 +23,12 @@ PROFILE = ArchProfile(
     # The huge page is one PMD: 2M with 4K pages, 32M with 16K pages (Debian's loong64).
     huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB), 16384: (32 * MIB,)},
     image_formats=("elf", "efi-zboot", "loongarch-efi"),
+    # bookworm has no LoongArch gcc: clang-19 from bookworm-backports builds the kernel. The
+    # ELF (not the EFI image, CONFIG_EFI_STUB=n) is what QEMU's virt machine boots directly.
+    build=KernelBuild(
+        target="vmlinux.elf",
+        image="arch/loongarch/boot/vmlinux.elf",
+        toolchains=(LLVM_19,),
+        page_sizes=("16k", "4k"),
+    ),
 )

@@ -1,6 +1,6 @@
 """riscv64 on QEMU's virt machine with OpenSBI."""
 
-from harness.profiles import GIB, MIB, ArchProfile
+from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, KernelBuild, Toolchain
 
 PROFILE = ArchProfile(
     name="riscv64",
@@ -20,4 +20,15 @@ PROFILE = ArchProfile(
     # Sv39 and up: PMD (2M) and PUD (1G) leaves; 64K NAPOT sizes are not HugeTLB-HVO relevant.
     huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB)},
     image_formats=("riscv-image", "elf"),
+    build=KernelBuild(
+        target="Image",
+        image="arch/riscv/boot/Image",
+        toolchains=(
+            Toolchain("gcc", ("CROSS_COMPILE=riscv64-linux-gnu-",), "riscv64-linux-gnu-gcc",
+                      (("riscv64-linux-gnu-gcc", "gcc-riscv64-linux-gnu"),
+                       ("riscv64-linux-gnu-ld", "binutils-riscv64-linux-gnu"))),
+            LLVM_19,
+        ),
+        page_sizes=("4k",),
+    ),
 )

@@ -1,6 +1,6 @@
 """x86_64 on QEMU's pc machine."""
 
-from harness.profiles import GIB, MIB, ArchProfile
+from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, KernelBuild, Toolchain
 
 PROFILE = ArchProfile(
     name="x86_64",
@@ -23,4 +23,13 @@ PROFILE = ArchProfile(
     smp=2,
     huge_sizes_by_page_size={4096: (2 * MIB, 1 * GIB)},
     image_formats=("bzimage", "elf"),
+    build=KernelBuild(
+        target="bzImage",
+        image="arch/x86/boot/bzImage",
+        toolchains=(
+            Toolchain("gcc", (), "gcc", (("gcc", "gcc"), ("ld", "binutils"))),
+            LLVM_19,
+        ),
+        page_sizes=("4k",),
+    ),
 )
