@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import artefacts, dmesg, pipeline, report
+from harness import artefacts, dmesg, pipeline, report, vng
 from harness.errors import HarnessError
 from harness.profiles import parse_arch_list, with_node_memory
 from harness.results import Results
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="arches booted at once (default: 2, one TCG guest per core)")
     run.add_argument("--node-mem", metavar="MIB,MIB",
                      help="guest memory per NUMA node in MiB (default: the arch profile's)")
+    run.add_argument("--backend", choices=vng.BACKENDS, default="qemu",
+                     help="qemu (default): QEMU with the harness's initramfs; vng: virtme-ng on "
+                          "this host's userspace (x86_64, --tree --variant ...+vng)")
     _tree_arguments(run, tree_required=False)
 
     build = commands.add_parser("build", help="build kernels from a tree (cached), without booting")
@@ -148,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     request = pipeline.MatrixRequest(
         profiles=profiles, kernel=args.kernel, config=args.config, hvo_settings=tuple(settings),
         append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
-        build=tree_build,
+        build=tree_build, backend=args.backend,
     )
     progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
     stop = threading.Event()

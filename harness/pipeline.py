@@ -25,6 +25,7 @@ from harness import (
     protocol,
     qemu,
     trees,
+    vng,
 )
 from harness.plan import make_plan
 from harness.profiles import ArchProfile
@@ -51,6 +52,9 @@ class GuestEnvironment:
 
     initramfs: Path
     accel: qemu.AccelChoice
+    # What the initramfs is made of; the vng backend (no initramfs) lays them out in the guest.
+    busybox: Path | None = None
+    helper: Path | None = None
 
 
 def prepare_kernel(profile: ArchProfile, kernel: str, config_path: Path | None = None) -> PreparedKernel:
@@ -140,7 +144,8 @@ def prepare_environment(profile: ArchProfile, want_kvm: bool = True) -> GuestEnv
     qemu.qemu_path(profile)  # a missing QEMU is a set-up error before any download
     busybox = artefacts.ensure_busybox(profile)
     helper = guest_helper.build(artefacts.ensure_linux_source(), profile)
-    return GuestEnvironment(initramfs.build(busybox.path, helper), qemu.choose_accel(profile, want_kvm))
+    return GuestEnvironment(initramfs.build(busybox.path, helper), qemu.choose_accel(profile, want_kvm),
+                            busybox.path, helper)
 
 
 def kernel_facts(profile: ArchProfile, kernel: PreparedKernel) -> judge.KernelFacts:
@@ -162,8 +167,12 @@ def boot(
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    backend: str = "qemu",
 ) -> Run:
-    """One boot with hugetlb_free_vmemmap=<hvo>: all its scenarios, judged."""
+    """One boot with hugetlb_free_vmemmap=<hvo>: all its scenarios, judged.
+
+    backend: "qemu" (QEMU with the initramfs) or "vng" (virtme-ng on the host's userspace,
+    vng.py): the same guest scripts, results channel and judging."""
     facts = kernel_facts(profile, kernel)
     plan = make_plan(profile, facts.page_size, hvo)
     stem = f"{profile.name}-{kernel.variant}-hvo-{hvo}" if kernel.variant else f"{profile.name}-hvo-{hvo}"
@@ -175,13 +184,19 @@ def boot(
     for stale in (files.results, files.dmesg):
         stale.unlink(missing_ok=True)
     cmdline = qemu.kernel_cmdline(profile, *plan.kernel_args(), append)
-    argv = qemu.build_argv(profile, files, cmdline, env.accel)
-    (out_dir / f"{stem}.qemu.sh").write_text(
+    if backend == "vng":
+        vng.check_kernel(profile, kernel.config, kernel.variant)
+        assert env.busybox is not None and env.helper is not None
+        argv = vng.build_argv(profile, files, cmdline, env.accel, env.busybox, env.helper)
+    else:
+        argv = qemu.build_argv(profile, files, cmdline, env.accel)
+    (out_dir / f"{stem}.{backend}.sh").write_text(
         "#!/bin/sh\n# Reproduce this boot by hand (the console is on stdio).\n"
         + shlex.join(argv) + "\n"
     )
     if progress:
-        progress(f"{profile.name}: booting with hugetlb_free_vmemmap={hvo} ({env.accel.used})")
+        via = f"{env.accel.used}, vng" if backend == "vng" else env.accel.used
+        progress(f"{profile.name}: booting with hugetlb_free_vmemmap={hvo} ({via})")
     outcome = guest.run(argv, console_log, timeout, stop=stop)
     console = console_log.read_bytes().decode(errors="replace")
     results_text = files.results.read_text(errors="replace") if files.results.exists() else ""
@@ -218,6 +233,7 @@ def boot(
             "guest_env": report.env,
             "seconds": round(outcome.seconds, 2),
             "results_channel": channel,
+            "backend": backend,
         },
     )
 
@@ -239,6 +255,8 @@ class MatrixRequest:
     jobs: int = 2
     # Build kernels from a tree instead of `kernel` (CLI: run --tree).
     build: TreeBuild | None = None
+    # How guests boot: "qemu" or "vng" (vng.py; x86_64 kernels built from a tree only).
+    backend: str = "qemu"
 
 
 def prepare_kernels(
@@ -271,6 +289,7 @@ def run_matrix(
     """Every arch x HVO setting; arches in parallel, each arch's boots in turn.
 
     on_run gets the results so far after every boot (to save them: Ctrl-C keeps them)."""
+    vng.check_backend(request.backend, request.profiles, request.build is not None)
     results = new_results()
     stop = stop or threading.Event()
     # The source tree (nolibc for the guest helper) is shared by all arches: fetch it once,
@@ -287,7 +306,7 @@ def run_matrix(
             if stop.is_set():
                 return
             run = boot(profile, kernel, env, hvo, out_dir, request.append, request.timeout,
-                       progress, stop)
+                       progress, stop, request.backend)
             with lock:
                 per_unit[index].append(run)
                 results.runs = [r for runs in per_unit for r in runs]

@@ -34,3 +34,15 @@ def test_parse_command_exits_1_on_findings_and_0_on_a_clean_log(tmp_path) -> Non
     )
     assert dirty.returncode == 1 and "Bad page state" in dirty.stdout
     assert (tmp_path / "f.json").read_text().count('"kind": "bug"') == 60
+
+
+def test_two_cpus_warning_at_once_are_two_findings_with_function_and_line() -> None:
+    """Two boot-time HVO workers hit VM_WARN_ON_ONCE(!PageTail) together: interleaved lines."""
+    report = dmesg.parse(read("riscv64-7.2.13-debug-hvo-on.console.log"))
+    assert len(report.findings) == 2
+    for finding in report.findings:
+        assert finding.kind == "warn"
+        where = (finding.function, finding.file, finding.line)
+        assert where == ("vmemmap_remap_pte", "mm/hugetlb_vmemmap.c", 223)
+        assert finding.check != "sparse_init-memmap-alignment"
+    assert report.hugetlb.freeable_kib == {"2M": 28, "1G": 16380}

@@ -16,7 +16,7 @@ HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -75,3 +75,51 @@ def test_missing_qemu_names_the_package(tmp_path: Path) -> None:
 )
 def test_usage_errors(args: list[str], words: str) -> None:
     assert words in one_error_line(run_cli(*args))
+
+
+# Kernels from a tree: each bad input is one line naming the fix.
+
+
+def test_bad_fragment_option_is_named(tmp_path: Path) -> None:
+    fragment = tmp_path / "typo.config"
+    fragment.write_text("CONFIG_HUGETLBFS=y\nCONFIG_HVO_HARNESS_NO_SUCH_OPTION=y\n")
+    line = one_error_line(
+        run_cli("build", "--arch", "x86_64", "--variant", "debug", "--fragment", str(fragment))
+    )
+    assert "CONFIG_HVO_HARNESS_NO_SUCH_OPTION=y" in line and "typo.config" in line
+    assert "did not stick" in line
+
+
+def test_missing_cross_compiler_names_the_package(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))
+    line = one_error_line(run_cli("build", "--arch", "riscv64", env=env))
+    assert "riscv64-linux-gnu-gcc not found" in line and "gcc-riscv64-linux-gnu" in line
+
+
+def test_path_that_is_not_a_kernel_tree(tmp_path: Path) -> None:
+    (tmp_path / "Makefile").write_text("all:\n")
+    line = one_error_line(run_cli("build", "--arch", "x86_64", "--tree", str(tmp_path)))
+    assert str(tmp_path) in line and "not a Linux kernel tree" in line
+
+
+def test_patch_that_does_not_apply_is_named(tmp_path: Path) -> None:
+    patch = tmp_path / "0001-mm-sparse-stale-context.patch"
+    patch.write_text(
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+        "From: Someone <someone@example.org>\n"
+        "Date: Sun, 22 Nov 2026 00:00:00 +0000\n"
+        "Subject: [PATCH] mm/sparse: a change written against another tree\n\n---\n"
+        " mm/sparse.c | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n\n"
+        "diff --git a/mm/sparse.c b/mm/sparse.c\n--- a/mm/sparse.c\n+++ b/mm/sparse.c\n"
+        "@@ -1,3 +1,3 @@\n-// this line is not in mm/sparse.c\n+// neither is this one\n"
+        " /*\n  * sparse memory mappings.\n--\n2.39.5\n"
+    )
+    line = one_error_line(
+        run_cli("build", "--arch", "riscv64", "--variant", "debug", "--patches", str(patch))
+    )
+    assert "patch does not apply" in line and "mm/sparse: a change written against another tree" in line
+
+
+def test_page_size_the_arch_lacks() -> None:
+    line = one_error_line(run_cli("build", "--arch", "x86_64", "--variant", "debug+16k"))
+    assert "x86_64 has no 16k page size" in line

@@ -27,12 +27,12 @@ def test_default_page_size_is_the_profiles_first() -> None:
 
 
 def test_page_size_the_arch_lacks_is_an_error() -> None:
-    with pytest.raises(HarnessError, match="x86_64 has no 16k page size.*it has 4k"):
+    with pytest.raises(HarnessError, match=r"x86_64 has no 16k page size.*it has 4k"):
         kbuild.resolve_variant(get_profile("x86_64"), "debug+16k")
 
 
 def test_unknown_variant_word_names_the_choices() -> None:
-    with pytest.raises(HarnessError, match="unknown variant word 'kasan'.*debug"):
+    with pytest.raises(HarnessError, match=r"unknown variant word 'kasan'.*debug"):
         kbuild.resolve_variant(get_profile("riscv64"), "kasan")
 
 
@@ -59,13 +59,13 @@ def test_option_that_did_not_stick_is_named(tmp_path: Path) -> None:
 
 
 def test_loongarch_has_no_gcc_toolchain() -> None:
-    with pytest.raises(HarnessError, match="loongarch64 kernels build with llvm.*not gcc"):
+    with pytest.raises(HarnessError, match=r"loongarch64 kernels build with llvm.*not gcc"):
         kbuild.find_toolchain(get_profile("loongarch64"), "gcc")
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(HarnessError, match="riscv64-linux-gnu-gcc not found.*gcc-riscv64-linux-gnu"):
+    with pytest.raises(HarnessError, match=r"riscv64-linux-gnu-gcc not found.*gcc-riscv64-linux-gnu"):
         kbuild.find_toolchain(get_profile("riscv64"), None)
-    with pytest.raises(HarnessError, match="clang-19 not found.*clang-19 \\(bookworm-backports\\)"):
+    with pytest.raises(HarnessError, match=r"clang-19 not found.*clang-19 \(bookworm-backports\)"):
         kbuild.find_toolchain(get_profile("loongarch64"), None)

@@ -1,0 +1,163 @@
+"""Kernels built from Debian's linux-source-7.2 with the `debug` variant (CONFIG_DEBUG_VM), on
+every arch and page size, booted with HVO on and off; and a commit of our own that breaks the
+memmap alignment on riscv64, which sparse_init() must report.
+
+Builds are cached (tree state + fragments + toolchain): a session builds each kernel at most
+once, and a repeated run takes them from the cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import pipeline
+from harness.profiles import ARCH_NAMES, get_profile
+from harness.results import Results, Run, validate
+
+REPO = Path(__file__).resolve().parent.parent
+MISALIGN_PATCH = REPO / "patches" / "riscv-misalign-vmemmap.patch"
+SPARSE_INIT_CHECK = "sparse_init-memmap-alignment"
+# (arch, variant) of the debug matrix: loongarch64 at both its page sizes.
+DEBUG_UNITS = [("x86_64", "debug+4k"), ("riscv64", "debug+4k"), ("loongarch64", "debug+16k"),
+               ("loongarch64", "debug+4k")]
+
+# The first test to need the debug matrix builds four kernels when the cache is cold (about
+# 6 minutes each on 2 cores): more than the suite's default per-test timeout.
+pytestmark = [pytest.mark.boot, pytest.mark.timeout(3600)]
+
+
+@pytest.fixture(scope="session")
+def debug_matrix(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    out = tmp_path_factory.mktemp("debug")
+    request = pipeline.MatrixRequest(
+        profiles=[get_profile(name) for name in ARCH_NAMES],
+        build=pipeline.TreeBuild(variants=("debug",), all_page_sizes=True),
+    )
+    results = pipeline.run_matrix(request, out)
+    results.write(out / "results.json")
+    return results
+
+
+@pytest.fixture(scope="session")
+def misaligned_riscv(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    out = tmp_path_factory.mktemp("misaligned")
+    request = pipeline.MatrixRequest(
+        profiles=[get_profile("riscv64")], hvo_settings=("on",),
+        build=pipeline.TreeBuild(variants=("debug",), patches=MISALIGN_PATCH),
+    )
+    (run,) = pipeline.run_matrix(request, out).runs
+    return run
+
+
+def unit_runs(results: Results, arch: str, variant: str) -> list[Run]:
+    runs = [r for r in results.runs if r.arch == arch and r.variant == variant]
+    assert {r.hvo.requested for r in runs} == {"on", "off"}, [(r.arch, r.variant) for r in results.runs]
+    return runs
+
+
+def test_debug_matrix_is_complete_and_valid(debug_matrix: Results) -> None:
+    validate(debug_matrix.to_json())
+    assert sorted({(r.arch, r.variant) for r in debug_matrix.runs}) == sorted(DEBUG_UNITS)
+
+
+@pytest.mark.parametrize(("arch", "variant"), DEBUG_UNITS)
+def test_built_kernel_names_its_source(debug_matrix: Results, arch: str, variant: str) -> None:
+    for run in unit_runs(debug_matrix, arch, variant):
+        source = run.kernel.source
+        assert source["type"] == "tree" and source["variant"] == variant
+        assert Path(source["tree"]).name.startswith("linux-source-7.2")
+        assert len(source["commit"]) == 40 and len(source["config_sha256"]) == 64
+        metadata = json.loads(Path(source["build_metadata"]).read_text())
+        assert metadata["image_sha256"] == run.kernel.sha256
+        assert metadata["config_sha256"] == source["config_sha256"]
+        config = Path(metadata["config"]).read_text()
+        assert "CONFIG_DEBUG_VM=y" in config
+        page = {"4k": "CONFIG_PAGE_SIZE_4KB=y", "16k": "CONFIG_PAGE_SIZE_16KB=y"}[variant.split("+")[-1]]
+        assert page in config
+
+
+@pytest.mark.parametrize(("arch", "variant"), DEBUG_UNITS)
+def test_no_sparse_init_finding_on_the_unmodified_tree(
+    debug_matrix: Results, arch: str, variant: str
+) -> None:
+    for run in unit_runs(debug_matrix, arch, variant):
+        assert run.ended == "done", run.verdict_reason
+        assert not [f for f in run.findings if f.check == SPARSE_INIT_CHECK], run.console_log
+
+
+@pytest.mark.parametrize(("arch", "variant"), DEBUG_UNITS)
+def test_every_scenario_has_a_verdict_and_a_reason(debug_matrix: Results, arch: str, variant: str) -> None:
+    for run in unit_runs(debug_matrix, arch, variant):
+        assert run.scenarios, run.console_log
+        for scenario in run.scenarios:
+            assert scenario.status in ("pass", "fail", "skip") and scenario.reason
+        # A finding is never a pass.
+        if run.findings:
+            assert run.verdict == "fail", run.verdict_reason
+
+
+def hvo_on(results: Results, arch: str, variant: str) -> Run:
+    return next(r for r in unit_runs(results, arch, variant) if r.hvo.requested == "on")
+
+
+@pytest.mark.parametrize("arch", ["riscv64", "x86_64"])
+def test_hvo_savings_exact_at_run_time_on_4k_kernels(debug_matrix: Results, arch: str) -> None:
+    """Run-time 2M and 1G pages on every node: expected = claimed = measured KiB per page."""
+    on = hvo_on(debug_matrix, arch, "debug+4k")
+    assert on.hvo.state == "active", on.hvo.reason
+    runtime = [s for s in on.scenarios if s.mode == "runtime" and s.hvo == "on" and s.size in ("2M", "1G")]
+    assert {(s.size, s.node) for s in runtime} == {(size, node) for size in ("2M", "1G") for node in (0, 1)}
+    for scenario in runtime:
+        assert scenario.status == "pass", scenario.reason
+        vm = scenario.vmemmap
+        want = {"2M": 28, "1G": 16380}[scenario.size]
+        assert vm.expected_kib_per_page == vm.claimed_kib_per_page == vm.measured_kib_per_page == want
+
+
+def test_riscv_boot_time_hvo_warning_is_reported(debug_matrix: Results) -> None:
+    """docs/findings.md #3: VM_WARN_ON_ONCE(!PageTail) in vmemmap_remap_pte while boot-time
+    gigantic pages are optimized; the boot fails and so does every boot-time scenario."""
+    on = hvo_on(debug_matrix, "riscv64", "debug+4k")
+    assert on.verdict == "fail"
+    where = {(f.function, f.file, f.line) for f in on.findings}
+    assert ("vmemmap_remap_pte", "mm/hugetlb_vmemmap.c", 223) in where
+    for scenario in on.scenarios:
+        if scenario.mode == "boot":
+            assert scenario.status == "fail" and "vmemmap_remap_pte" in scenario.reason
+    off = next(r for r in unit_runs(debug_matrix, "riscv64", "debug+4k") if r.hvo.requested == "off")
+    assert not [f for f in off.findings if f.function == "vmemmap_remap_pte"]
+
+
+def test_misaligned_riscv_reports_sparse_init(misaligned_riscv: Run) -> None:
+    run = misaligned_riscv
+    assert run.variant == "debug+4k"
+    assert [p["name"] for p in run.kernel.source["patches"]] == [MISALIGN_PATCH.name]
+    assert run.verdict == "fail"
+    found = [f for f in run.findings if f.check == SPARSE_INIT_CHECK]
+    assert len(found) == 1, [f.summary for f in run.findings]
+    assert found[0].function == "sparse_init"
+    assert found[0].file == "mm/sparse.c" and found[0].line is not None
+    assert "sparse_init" in found[0].excerpt
+    assert SPARSE_INIT_CHECK in run.verdict_reason or "sparse_init" in run.verdict_reason
+
+
+def test_run_tree_cli_names_tree_and_variant(tmp_path: Path) -> None:
+    """The documented command: riscv64, debug variant, results JSON naming tree and variant."""
+    json_path = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--tree", "--arch", "riscv64", "--variant", "debug",
+         "--hvo", "on", "--json", str(json_path), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    document = json.loads(json_path.read_text())
+    validate(document)
+    (run,) = document["runs"]
+    assert run["variant"] == "debug+4k"
+    assert run["kernel"]["source"]["type"] == "tree"
+    assert run["kernel"]["source"]["variant"] == "debug+4k"
+    assert "linux-source-7.2" in run["kernel"]["source"]["tree"]
