@@ -21,7 +21,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    # Progress lines ("> ...") say what was being done; the error itself is one line.
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("> ")]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("hvo-harness: error: ")
     return lines[0]
