@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="download Debian's kernels, busybox and source")
     fetch.add_argument("--arch", default="all")
     fetch.add_argument("--no-source", action="store_true", help="skip linux-source")
+    _results_commands(commands)
     return parser
 
 
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return _parse(args)
         if args.command == "fetch":
             return _fetch(args)
+        if args.command in RESULTS_COMMANDS:
+            return _results_command(args)
     except HarnessError as error:
         _err.print(f"hvo-harness: error: {error}", markup=False, highlight=False)
         return EXIT_SETUP
@@ -206,6 +209,67 @@ def _fetch(args: argparse.Namespace) -> int:
                               progress=progress)
     print(json.dumps(summary, indent=2, default=str))
     return EXIT_PASS
+
+
+# --- Commands that read a results file: report, export, compare ------------------------------
+
+RESULTS_COMMANDS = ("report", "export", "compare")
+
+
+def _results_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser("report", help="write report.md and report.html from a results file")
+    report.add_argument("results", type=Path, help="a results JSON (hvo-harness/1)")
+    report.add_argument("--out", type=Path,
+                        help="directory for report.md and report.html (default: the results file's)")
+
+    export = commands.add_parser("export", help="convert a results file for another system")
+    formats = export.add_subparsers(dest="format", required=True)
+    kcidb = formats.add_parser("kcidb", help="KernelCI KCIDB I/O JSON (schema v5), for kcidb-submit")
+    kcidb.add_argument("results", type=Path, help="a results JSON (hvo-harness/1)")
+    kcidb.add_argument("-o", "--output", type=Path, help="write here (default: standard output)")
+    kcidb.add_argument("--origin",
+                       help="KCIDB origin: the submitting CI system's name, prefix of every ID "
+                            "(default hvo_harness)")
+
+    compare = commands.add_parser("compare", help="list regressions from a base results file to a new one; "
+                                                  "exit 1 when there is any")
+    compare.add_argument("base", type=Path, help="the results JSON to compare against")
+    compare.add_argument("new", type=Path, help="the results JSON to judge")
+
+
+def _results_command(args: argparse.Namespace) -> int:
+    # Imported here so that `run` and `build` do not load kcidb_io and the report code.
+    from harness import compare, kcidb_export, report_page
+    from harness.results import load
+
+    if args.command == "report":
+        results = load(args.results)
+        out_dir = args.out or args.results.parent
+        try:
+            markdown_path, html_path = report_page.write_reports(results, args.results.name, out_dir)
+        except OSError as error:
+            raise _unwritable(out_dir, error) from None
+        print(f"{markdown_path}\n{html_path}")
+        return EXIT_PASS
+    if args.command == "export":
+        origin = kcidb_export.check_origin(args.origin or kcidb_export.DEFAULT_ORIGIN)
+        text = json.dumps(kcidb_export.export(load(args.results), origin), indent=2) + "\n"
+        if args.output:
+            try:
+                args.output.write_text(text)
+            except OSError as error:
+                raise _unwritable(args.output, error) from None
+        else:
+            sys.stdout.write(text)
+        return EXIT_PASS
+    base_label, new_label = str(args.base), str(args.new)
+    comparison = compare.compare(load(args.base), load(args.new), base_label, new_label)
+    print(compare.format_comparison(comparison, base_label, new_label))
+    return EXIT_FAIL if comparison.regressions else EXIT_PASS
+
+
+def _unwritable(target: Path, error: OSError) -> HarnessError:
+    return HarnessError(f"cannot write {target}: {error.strerror or error}: give a writable path")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from harness.errors import HarnessError
 
 SCHEMA_ID = "hvo-harness/1"
 _TIMESTAMP = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]\s*(?:\[\s*[CT]\d+\]\s*)?")
@@ -177,3 +179,76 @@ def validate(document: dict[str, Any]) -> None:
     import jsonschema
 
     jsonschema.validate(document, json_schema())
+
+
+_Record = TypeVar("_Record")
+
+
+def _record(record_type: type[_Record], data: dict[str, Any], **nested: Any) -> _Record:
+    """A record from its JSON object; keys this version does not know are dropped, since
+    fields are added to the schema over time and an older reader must still load newer files."""
+    known = {f.name for f in fields(record_type)}  # type: ignore[arg-type]
+    return record_type(**{k: v for k, v in data.items() if k in known}, **nested)
+
+
+def _run_from_json(data: dict[str, Any]) -> Run:
+    scalars = {k: v for k, v in data.items() if k not in ("kernel", "accel", "hvo", "findings", "scenarios")}
+    return _record(
+        Run, scalars,
+        kernel=_record(KernelInfo, data["kernel"]),
+        accel=_record(Accel, data["accel"]),
+        hvo=_record(Hvo, data["hvo"]),
+        findings=[_record(Finding, f) for f in data["findings"]],
+        scenarios=[
+            _record(Scenario, {k: v for k, v in s.items() if k != "vmemmap"},
+                    vmemmap=_record(Vmemmap, s["vmemmap"]))
+            for s in data["scenarios"]
+        ],
+    )
+
+
+def from_json(document: Any, origin: str = "document") -> Results:
+    """Results from an `hvo-harness/1` document; anything else is a HarnessError naming ORIGIN."""
+    import jsonschema
+
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA_ID:
+        if not isinstance(document, dict):
+            found = f"a JSON {type(document).__name__}"
+        elif "schema" in document:
+            found = f"schema {document['schema']!r}"
+        else:
+            found = "no schema field"
+        raise HarnessError(
+            f"{origin} is not an {SCHEMA_ID} results document ({found}): "
+            "give the results.json that `hvo-harness run` wrote"
+        )
+    try:
+        validate(document)
+    except jsonschema.ValidationError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "top level"
+        first_line = error.message.splitlines()[0][:200]
+        raise HarnessError(f"{origin} breaks the {SCHEMA_ID} schema at {where}: {first_line}") from None
+    return Results(
+        runs=[_run_from_json(run) for run in document["runs"]],
+        harness_version=document.get("harness_version", ""),
+    )
+
+
+def load(path: Path) -> Results:
+    """Read a results file; a missing, unreadable or foreign file is one HarnessError line."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HarnessError(
+            f"{path}: no such file: give a results JSON (`hvo-harness run --json FILE`)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise HarnessError(
+            f"{path}: cannot read it ({error.__class__.__name__}): give a results JSON"
+        ) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HarnessError(f"{path} is not JSON (line {error.lineno}, column {error.colno}: {error.msg}): "
+                           "give the results.json that `hvo-harness run` wrote") from None
+    return from_json(document, origin=str(path))

@@ -1,0 +1,282 @@
+"""`report`: report.md and report.html from real results, with planted hostile console text."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.report_page import (
+    md_fence,
+    md_inline,
+    render_html,
+    render_markdown,
+    savings_groups,
+    write_reports,
+)
+from harness.results import Results, from_json
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+RISCV = DATA / "results-riscv64-7.2.13-debug-hvo-on.json"
+X86 = DATA / "results-x86_64-7.2.13-tinyconfig-debug-hvo-on.json"
+SCRIPT = "<script>alert('pwned')</script>"
+
+
+def document(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def both_arches() -> dict[str, Any]:
+    combined = document(RISCV)
+    combined["runs"] += document(X86)["runs"]
+    return combined
+
+
+def hostile() -> dict[str, Any]:
+    """Both runs, with console-borne text that tries to be markup: in a finding's excerpt and
+    headline, a scenario's reason, the verdict's reason, a variant and a function name."""
+    doc = both_arches()
+    riscv, x86 = doc["runs"]
+    riscv["findings"][0]["excerpt"] = f"[    0.1] WARNING: {SCRIPT} at evil+0x1/0x2\n{SCRIPT}"
+    riscv["findings"][1]["function"] = '"><img src=x onerror=alert(1)>'
+    riscv["variant"] = "debug<b>"
+    x86["scenarios"][0]["reason"] = f'pipe | and `tick` and {SCRIPT} and " onmouseover="alert(1)'
+    x86["verdict_reason"] = f"verdict {SCRIPT}"
+    # A size reaches the chart's attributes (its aria-label) as well as its text.
+    for scenario in x86["scenarios"]:
+        if scenario["size"] == "2M":
+            scenario["size"] = '2M" onload="alert(1)'
+    return doc
+
+
+class _PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes += attrs
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parsed(page: str) -> _PageParser:
+    parser = _PageParser()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def test_html_escapes_planted_markup() -> None:
+    page = render_html(from_json(hostile()), "r.json")
+    parser = parsed(page)
+    assert "script" not in parser.tags
+    assert "img" not in parser.tags
+    assert "b" not in parser.tags
+    assert not [name for name, _ in parser.attributes if name.startswith("on")]
+    assert "<script" not in page.lower()
+    # The text is all there, as text.
+    text = "".join(parser.text)
+    assert f"WARNING: {SCRIPT} at evil+0x1/0x2" in text
+    assert '"><img src=x onerror=alert(1)>' in text
+    assert 'and " onmouseover="alert(1)' in text
+    assert 'aria-label="2M&quot; onload=&quot;alert(1) huge pages: vmemmap KiB freed per page"' in page
+    assert "riscv64/debug<b> hvo=on" in text
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
+
+
+def test_html_is_one_self_contained_page() -> None:
+    page = render_html(from_json(both_arches()), "r.json")
+    parser = parsed(page)
+    assert parser.tags.count("html") == 1
+    for tag in ("script", "link", "img", "iframe", "object", "embed"):
+        assert tag not in parser.tags
+    references = [(name, value) for name, value in parser.attributes if name in ("src", "href")]
+    assert references and all(value and value.startswith("#") for _, value in references)
+    assert "@import" not in page and "url(" not in page
+    # What the page's policy allows: no scripts, nothing fetched, inline styles only.
+    assert "default-src 'none'; style-src 'unsafe-inline'" in page
+
+
+def test_html_has_each_run_its_findings_and_scenarios() -> None:
+    results = from_json(both_arches())
+    page = render_html(results, "r.json")
+    text = " ".join("".join(parsed(page).text).split())
+    for run in results.runs:
+        assert " ".join(run.verdict_reason.split()) in text
+        assert f"{run.hvo.state} - {run.hvo.reason}" in text
+        for scenario in run.scenarios:
+            assert scenario.name in text
+            assert " ".join(scenario.reason.split()) in text
+    assert "mm/hugetlb_vmemmap.c:223" in text
+    assert "vmemmap_remap_pte" in text
+    assert "BUG: Bad page state in process sh pfn:1400" in text  # the x86 headline
+    assert "the longest of 60" in text
+    assert "Findings (60)" in text and "Findings (2)" in text
+    assert "Scenarios (8 / 6 / 4 pass / fail / skip)" in text  # riscv64
+    assert "Scenarios (11 / 1 / 6 pass / fail / skip)" in text  # x86_64
+
+
+def _svg_bars(page: str) -> list[str]:
+    """The bar titles of the savings charts: '<build> HVO <on|off>, <size>, <field>: <value> KiB'."""
+    return re.findall(r"<rect [^>]*><title>([^<]*)</title></rect>", page)
+
+
+def test_chart_bars_are_the_savings_per_arch_variant_and_size() -> None:
+    page = render_html(from_json(both_arches()), "r.json")
+    assert page.count("<svg ") == 2  # 2M and 1G; 16G was never allocated
+    assert "2M huge pages" in page and "1G huge pages" in page and "16G huge pages" not in page
+    bars = _svg_bars(page)
+    # 2 builds x 2 HVO settings x 2 sizes x 3 quantities, every one measured.
+    assert len(bars) == 24
+    assert "riscv64/debug+4k HVO on, 2M, measured: 28 KiB" in bars
+    assert "x86_64 HVO on, 1G, expected: 16380 KiB" in bars
+    assert "x86_64 HVO off, 1G, measured: 0 KiB" in bars
+    assert "x86_64 HVO off, 1G, claimed: 16380 KiB" in bars
+    assert "HVO on ≠" not in page and "HVO off ≠" not in page
+    assert 'class="no"' not in page
+
+
+def test_a_changed_measurement_shows_in_chart_and_table() -> None:
+    doc = document(X86)
+    doc["runs"][0]["scenarios"][0]["vmemmap"]["measured_kib_per_page"] = 24.0  # 2M/boot/node0
+    results = from_json(doc)
+    groups = {(g.build, g.size, g.hvo): g for g in savings_groups(results)}
+    changed = groups[("x86_64", "2M", "on")]
+    assert changed.measured is not None and (changed.measured.low, changed.measured.high) == (24.0, 28.0)
+    assert not changed.consistent
+    assert groups[("x86_64", "1G", "on")].consistent
+    page = render_html(results, "r.json")
+    assert "x86_64 HVO on, 2M, measured: 24 to 28 KiB" in _svg_bars(page)
+    assert "HVO on ≠" in page
+    assert "| x86_64 | 2M | on | 28 | 28 | 24 to 28 | 4 | NO |" in render_markdown(results, "r.json")
+
+
+def _cells(row: str) -> list[str]:
+    """A Markdown table row's cells, split at the pipes that are not escaped."""
+    return re.split(r"(?<!\\)\|", row.strip())[1:-1]
+
+
+def test_markdown_escapes_table_cells_and_fences_excerpts() -> None:
+    markdown = render_markdown(from_json(hostile()), "r.json")
+    row = next(line for line in markdown.splitlines() if line.startswith("| 2M") and "pipe" in line)
+    cells = _cells(row)
+    assert len(cells) == 7
+    assert cells[-1].strip() == (
+        "pipe \\| and \\`tick\\` and &lt;script&gt;alert('pwned')&lt;/script&gt; and "
+        "\" onmouseover=\"alert(1)"
+    )
+    # Every row of every table has as many cells as its header.
+    lines = markdown.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("|---"):
+            width = len(_cells(lines[index - 1]))
+            for body in lines[index + 1:]:
+                if not body.startswith("|"):
+                    break
+                assert len(_cells(body)) == width, body
+    # Outside fenced excerpts no raw tag survives; inside them it is code, shown as text.
+    outside = re.sub(r"^(`{3,})text\n.*?\n\1$", "", markdown, flags=re.DOTALL | re.MULTILINE)
+    assert "<script" not in outside and "<img" not in outside and "<b>" not in outside
+    assert f"```text\n[    0.1] WARNING: {SCRIPT} at evil+0x1/0x2\n{SCRIPT}\n```" in markdown
+
+
+def test_markdown_fence_outlasts_backticks_in_the_excerpt() -> None:
+    excerpt = "before\n```\n````not the end\nafter"
+    fenced = md_fence(excerpt)
+    assert fenced.startswith("`````text\n") and fenced.endswith("\n`````")
+    assert md_fence("plain") == "```text\nplain\n```"
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("vmemmap_remap_pte", "vmemmap_remap_pte"),  # intraword: no emphasis possible, left readable
+    ("_start_ *bold* [link](x)", "\\_start\\_ \\*bold\\* \\[link\\](x)"),
+    ("a|b\nc", "a\\|b c"),
+    ("x & <y>", "x &amp; &lt;y&gt;"),
+    ("back\\slash", "back\\\\slash"),
+])
+def test_md_inline(text: str, escaped: str) -> None:
+    assert md_inline(text) == escaped
+
+
+def test_markdown_has_summary_savings_and_runs() -> None:
+    markdown = render_markdown(from_json(both_arches()), "r.json")
+    assert "| riscv64/debug+4k hvo=on | FAIL | active | 2 | 8 / 6 / 4 |" in markdown
+    assert "| x86_64 hvo=on | FAIL | active | 60 | 11 / 1 / 6 |" in markdown
+    assert "| riscv64/debug+4k | 1G | on | 16380 | 16380 | 16380 | 2 | yes |" in markdown
+    assert "## riscv64/debug+4k hvo=on: FAIL" in markdown
+    assert ("| 1G/boot/node0/hvo-on-cmdline | FAIL | 1/1 | - | - | - | kernel complained: "
+            "2 x WARN at vmemmap\\_remap\\_pte (mm/hugetlb\\_vmemmap.c:223) |") not in markdown  # intraword _
+    assert ("| 1G/boot/node0/hvo-on-cmdline | FAIL | 1/1 | - | - | - | kernel complained: "
+            "2 x WARN at vmemmap_remap_pte (mm/hugetlb_vmemmap.c:223) |") in markdown
+    assert "| 2 | warn | vmemmap_remap_pte | mm/hugetlb_vmemmap.c:223 | - |" in markdown
+
+
+def test_runs_without_scenarios_or_savings_still_report() -> None:
+    doc = document(RISCV)
+    run = doc["runs"][0]
+    run.update(verdict="error", verdict_reason="interrupted", ended="interrupted", scenarios=[], findings=[])
+    results = from_json(doc)
+    markdown, page = render_markdown(results, "r.json"), render_html(results, "r.json")
+    for text in (markdown, page):
+        assert "No scenario measured a saving." in text
+        assert "No scenarios ran." in text
+        assert "No findings." in text
+    assert "<svg" not in page
+
+
+def test_write_reports(tmp_path: Path) -> None:
+    results = from_json(both_arches())
+    markdown_path, html_path = write_reports(results, "r.json", tmp_path / "new" / "dir")
+    assert markdown_path.read_text() == render_markdown(results, "r.json")
+    assert html_path.read_text() == render_html(results, "r.json")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_cli_report_end_to_end(tmp_path: Path) -> None:
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(hostile()))
+    out = tmp_path / "report"
+    done = _run_cli("report", str(results_path), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(out / "report.md"), str(out / "report.html")]
+    page = (out / "report.html").read_text()
+    assert "<script" not in page.lower()
+    assert "Results results.json" in page
+    assert "## x86_64 hvo=on: FAIL" in (out / "report.md").read_text()
+
+    # Without --out the reports go beside the results file.
+    beside = _run_cli("report", str(results_path))
+    assert beside.returncode == 0, beside.stderr
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
+
+
+def test_cli_report_bad_input(tmp_path: Path) -> None:
+    done = _run_cli("report", str(tmp_path / "missing.json"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("hvo-harness: error: ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_of_a_round_trip_is_the_same() -> None:
+    """The report reads records, not JSON: a results file written back by Results.write
+    renders the same."""
+    results = from_json(both_arches())
+    again = from_json(copy.deepcopy(Results(results.runs, results.harness_version).to_json()))
+    assert render_html(again, "r.json") == render_html(results, "r.json")
