@@ -46,8 +46,14 @@ class Finding:
         return f"{name} at {where}"
 
     def headline(self) -> str:
-        """The first line of the excerpt that is not a cut-here rule, without its timestamp."""
-        for line in self.excerpt.splitlines():
+        """The first line of the excerpt that is not a cut-here rule, without its timestamp.
+
+        A panic's excerpt starts with the end of the report that led to it: its headline is
+        the "Kernel panic - not syncing: ..." line itself."""
+        lines = self.excerpt.splitlines()
+        if self.kind == "panic":
+            lines = [ln for ln in lines if "Kernel panic" in ln] or lines
+        for line in lines:
             text = _TIMESTAMP.sub("", line).strip()
             if text and "cut here" not in text:
                 return text

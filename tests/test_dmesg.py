@@ -46,3 +46,13 @@ def test_two_cpus_warning_at_once_are_two_findings_with_function_and_line() -> N
         assert where == ("vmemmap_remap_pte", "mm/hugetlb_vmemmap.c", 223)
         assert finding.check != "sparse_init-memmap-alignment"
     assert report.hugetlb.freeable_kib == {"2M": 28, "1G": 16380}
+
+
+def test_early_boot_exception_and_panic_on_loongarch_4k() -> None:
+    """docs/findings.md #4: the oops names memmap_init_range (from ERA), the panic its own line."""
+    report = dmesg.parse(read("loongarch64-7.2.13-debug+4k-hvo-on.console.log"))
+    kinds = [f.kind for f in report.findings]
+    assert kinds == ["oops", "panic"]
+    oops, panic = report.findings
+    assert oops.function == "memmap_init_range" and "ADEM" in oops.excerpt
+    assert panic.headline() == "Kernel panic - not syncing: Attempted to kill the idle task!"

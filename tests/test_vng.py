@@ -31,9 +31,12 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def qemu_processes_mentioning(text: str) -> list[str]:
+def processes_mentioning(text: str) -> list[str]:
+    """QEMU, vng or virtme-run processes whose command line has TEXT (an output directory)."""
+    # -ww: full command lines (piped, ps cuts them to a width and the path would never match).
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "qemu-system" in line and text in line]
+    names = ("qemu-system", "vng", "virtme-run")
+    return [line for line in ps.splitlines() if text in line and any(n in line for n in names)]
 
 
 def test_vng_on_another_arch_is_one_error_line(tmp_path: Path) -> None:
@@ -78,7 +81,7 @@ def both_backends(vng_kernel, tmp_path_factory: pytest.TempPathFactory) -> dict[
     for backend in ("vng", "qemu"):
         out = tmp_path_factory.mktemp(backend)
         runs[backend] = pipeline.boot(profile, kernel, env, "on", out, backend=backend)
-        assert not qemu_processes_mentioning(str(out)), f"{backend} left a QEMU behind"
+        assert not processes_mentioning(str(out)), f"{backend} left a process behind"
     return runs
 
 
@@ -120,3 +123,14 @@ def test_vng_boot_measures_2m_savings_exactly(both_backends: dict[str, Run]) -> 
         assert vm.expected_kib_per_page == FREED_2M_KIB
         assert vm.measured_kib_per_page == vm.expected_kib_per_page
         assert vm.claimed_kib_per_page == vm.expected_kib_per_page
+
+
+@pytest.mark.boot
+@pytest.mark.timeout(3600)
+def test_vng_guest_ended_at_the_timeout_leaves_nothing_running(vng_kernel, tmp_path: Path) -> None:
+    kernel, env = vng_kernel
+    # vng is a Python process that runs virtme-run through a shell, which forks QEMU: ending
+    # vng must end them all.
+    run = pipeline.boot(get_profile("x86_64"), kernel, env, "on", tmp_path, timeout=20, backend="vng")
+    assert run.ended == "timeout" and run.verdict == "fail"
+    assert not processes_mentioning(str(tmp_path))

@@ -14,8 +14,13 @@ PROFILE = ArchProfile(
     cpu="la464",
     bios=None,
     console="ttyS0",
-    # Without it Debian's kernel oopses in i8042_flush: the virt machine has no i8042.
-    extra_cmdline=("initcall_blacklist=i8042_init",),
+    extra_cmdline=(
+        # Without it Debian's kernel oopses in i8042_flush: the virt machine has no i8042.
+        "initcall_blacklist=i8042_init",
+        # The virt machine's UART, as an early console: a kernel that dies before its serial
+        # driver probes (docs/findings.md #4) otherwise prints nothing and looks hung.
+        "earlycon=uart,mmio,0x1fe001e0",
+    ),
     # One node: Debian's loong64 kernel sees a single NUMA node on QEMU's virt machine even when
     # given two ("1 NUMA nodes"), and then refuses hugepages= naming node 1 as a whole.
     node_mem_mib=(8192,),
