@@ -291,7 +291,7 @@ def build(request: BuildRequest, progress: Progress | None = None, force: bool =
                          f"(log: {log})")
             _run_make(tree, out, _make_vars(request), [request.profile.build.target], log, label,
                       progress, jobs=os.cpu_count() or 1)
-            applied = trees.head(tree) if request.source.patches else None
+            applied = trees.head(tree) if request.source.patches else {}
         image = out / request.profile.build.image
         if not image.exists():
             raise HarnessError(
@@ -304,7 +304,9 @@ def build(request: BuildRequest, progress: Progress | None = None, force: bool =
             "arch": request.profile.name,
             "variant": request.variant.name,
             "page_size": request.variant.page_size,
-            "source": {**request.state.as_source(), **({"commit": applied} if applied else {})},
+            # With a series: the commit git am made (and the base commit the state keys on).
+            "source": {**request.state.as_source(), **applied,
+                       **({"base_commit": request.state.commit} if applied else {})},
             "base_config": BASE_CONFIG,
             "fragments": [{"path": str(p), "sha256": sha256_file(p)} for p in request.variant.fragments],
             "config": str(config),

@@ -221,7 +221,10 @@ def _remove_worktree(tree: Path, worktree: Path) -> None:
     subprocess.run(["git", "-C", str(tree), "worktree", "prune"], capture_output=True)
 
 
-def head(tree: Path) -> str | None:
-    """HEAD of a git checkout (a patched worktree's tip), else None."""
-    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else None
+def head(tree: Path) -> dict[str, str]:
+    """Commit and describe of a git checkout's HEAD (a patched worktree's tip), else {}."""
+    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit.returncode != 0:
+        return {}
+    describe = _git(tree, "describe", "--always", "--tags", check=False).strip()
+    return {"commit": commit.stdout.strip(), "describe": describe or commit.stdout.strip()[:12]}
