@@ -151,10 +151,16 @@ def build_argv(
         argv += ["--numa", spec]
     if accel.used != "kvm":
         argv.append("--disable-kvm")
-    argv += ["--append", cmdline, "--exec", guest_command(busybox, helper)]
+    # root=: vng exports / as the 9p tag "/dev/root" and counts on the kernel's block-root
+    # fallback to use that name; a kernel without CONFIG_BLOCK (tinyconfig) mounts 9p with an
+    # empty source instead ("9p: Bad value for 'source'"). Named, the kernel mounts it as is.
+    argv += ["--append", f"{cmdline} root=/dev/root", "--exec", guest_command(busybox, helper)]
     # The results and dmesg ports, as qemu.build_argv adds them. vng puts these words into a
     # shell command line: shlex.join keeps each one a word.
     qemu_opts = [
+        # The profile's machine, as with the QEMU backend (vng asks for q35 under TCG; the last
+        # -machine wins): the same memory layout, so the same room for 1G pages per node.
+        "-machine", profile.machine,
         "-device", f"{profile.virtio_serial_device},id=hvoserial",
         "-chardev", f"file,id=hvoresults,path={files.results}",
         "-device", f"virtserialport,bus=hvoserial.0,chardev=hvoresults,name={qemu.RESULTS_PORT}",

@@ -11,7 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 BACKPORTS_LIST=/etc/apt/sources.list.d/hvo-harness-backports.list
 BACKPORTS_LINE="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main"
 
-# Packages from bookworm proper.
+# Packages from bookworm proper. The vng boot backend (virtme-ng, from PyPI into the venv)
+# adds none: its guest's root is this host's / over QEMU's built-in 9p (vng is run with
+# --force-9p; bookworm has no virtiofsd), the guest runs the harness's static busybox (no
+# busybox-static here), and vng reads the kernel's version with `file`.
 BASE_PACKAGES=(git make python3 python3-venv zstd xz-utils cpio rsync ccache flex bison bc
   libelf-dev libssl-dev gcc gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu dwarves
   debian-archive-keyring ca-certificates file)
