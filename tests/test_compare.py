@@ -14,22 +14,11 @@ import pytest
 from harness.compare import Comparison, compare, format_comparison
 from harness.errors import HarnessError
 from harness.results import from_json, load
+from tests.recorded import RISCV, X86, both_arches, document
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).parent / "data"
-RISCV = DATA / "results-riscv64-7.2.13-debug-hvo-on.json"
-X86 = DATA / "results-x86_64-7.2.13-tinyconfig-debug-hvo-on.json"
 
 
-def document(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def both_arches() -> dict[str, Any]:
-    """One file with the riscv64 and the x86_64 run, as `run --arch all` would write."""
-    combined = document(RISCV)
-    combined["runs"] += document(X86)["runs"]
-    return combined
 
 
 def scenario(doc: dict[str, Any], arch: str, name: str) -> dict[str, Any]:

@@ -18,21 +18,11 @@ import pytest
 from harness.errors import HarnessError
 from harness.kcidb_export import export
 from harness.results import from_json
+from tests.recorded import RISCV, X86, both_arches, document
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).parent / "data"
-RISCV = DATA / "results-riscv64-7.2.13-debug-hvo-on.json"
-X86 = DATA / "results-x86_64-7.2.13-tinyconfig-debug-hvo-on.json"
 
 
-def document(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def both_arches() -> dict[str, Any]:
-    combined = document(RISCV)
-    combined["runs"] += document(X86)["runs"]
-    return combined
 
 
 def exported(doc: dict[str, Any], origin: str = "hvo_harness") -> dict[str, Any]:
