@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--arch", default="all")
     fetch.add_argument("--no-source", action="store_true", help="skip linux-source")
     _results_commands(commands)
+    _ci_command(commands)
     return parser
 
 
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fetch(args)
         if args.command in RESULTS_COMMANDS:
             return _results_command(args)
+        if args.command == "ci":
+            return _ci(args)
     except HarnessError as error:
         _err.print(f"hvo-harness: error: {error}", markup=False, highlight=False)
         return EXIT_SETUP
@@ -270,6 +273,36 @@ def _results_command(args: argparse.Namespace) -> int:
 
 def _unwritable(target: Path, error: OSError) -> HarnessError:
     return HarnessError(f"cannot write {target}: {error.strerror or error}: give a writable path")
+
+
+# --- ci: a nightly CI workflow (harness/ci.py) -------------------------------------------------
+
+def _ci_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ci = commands.add_parser("ci", help="write a nightly CI workflow: GitHub Actions or GitLab CI")
+    ci.add_argument("provider", help="github (.github/workflows/hvo-nightly.yml) or gitlab (.gitlab-ci.yml)")
+    ci.add_argument("--out", type=Path, help="write here (default: standard output)")
+    ci.add_argument("--arch", default="all", help="x86_64,riscv64,loongarch64 or all (default)")
+    ci.add_argument("--variant", help="also a job per arch and variant built from Debian's linux-source "
+                                      "(comma-separated: debug, debug+4k, ...)")
+    ci.add_argument("--page-sizes", choices=("default", "all"), default="default",
+                    help="all: a job per variant at every page size the arch has")
+
+
+def _ci(args: argparse.Namespace) -> int:
+    from harness import ci
+
+    variants = [v.strip() for v in (args.variant or "").split(",") if v.strip()]
+    text = ci.generate(args.provider, args.arch, variants, args.page_sizes == "all")
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_PASS
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    except OSError as error:
+        raise _unwritable(args.out, error) from None
+    print(args.out)
+    return EXIT_PASS
 
 
 if __name__ == "__main__":
