@@ -39,6 +39,17 @@ class Plan:
         ]
         return args
 
+    def scenario_names(self) -> list[str]:
+        """The scenarios this plan asks for, named as results.Scenario.name names them: boot-time
+        pages per size and node, then each run-time sysctl pass per size and node."""
+        nodes = range(self.nodes)
+        names = [f"{size_label(s)}/boot/node{n}/hvo-{self.hvo}-cmdline" for s in self.sizes for n in nodes]
+        for value in self.sysctl_passes:
+            setting = "on" if value else "off"
+            names += [f"{size_label(s)}/runtime/node{n}/hvo-{setting}-sysctl"
+                      for s in self.sizes for n in nodes]
+        return names
+
 
 def make_plan(profile: ArchProfile, page_size: int, hvo: str) -> Plan:
     native = profile.huge_sizes_by_page_size.get(page_size, ())

@@ -1,0 +1,290 @@
+"""pytest plugin (entry point `pytest11`): HVO scenarios on real guest kernels as pytest items,
+and fixtures that boot a guest and return its judged results.
+
+    pytest --hvo-arch all -n 2 --junitxml j.xml             # Debian's kernels
+    pytest --hvo-arch riscv64 --hvo-tree --hvo-variant debug  # linux-source-7.2, built
+    pytest --hvo-arch x86_64 --hvo-tree ~/linux --hvo-variant debug --hvo-setting on
+
+Items are one per (arch, kernel, HVO setting, scenario) plus one `boot` item per boot that
+fails on any kernel finding; ids read `hvo/x86_64-debian-hvo-on::2M/boot/node0/hvo-on-cmdline`.
+One boot covers all its scenarios: the first item of a boot boots it, the rest read the
+result. With pytest-xdist the items of one boot stay on one worker (`--dist loadgroup`, set
+by the plugin), and every boot takes its guest memory from a host-wide budget
+(guest_memory.py) so parallel guests do not starve the host. With --hvo-arch and no test
+paths, only the HVO items run; give paths to run other tests too.
+
+Runners are thin: this calls the same pipeline functions as the CLI."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import guest_memory, kbuild, kconfig, pipeline
+from harness.errors import HarnessError
+from harness.plan import make_plan
+from harness.profiles import ArchProfile, get_profile, parse_arch_list, parse_size
+from harness.results import Run, Scenario
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hvo-harness", "HVO scenarios on real guest kernels")
+    group.addoption("--hvo-arch",
+                    help="collect HVO items for these arches: x86_64,riscv64,loongarch64 or all")
+    group.addoption("--hvo-kernel", default="debian",
+                    help="'debian' (sid's prebuilt kernels, default) or a kernel image path (one arch)")
+    group.addoption("--hvo-tree", nargs="?", const="debian", default=None,
+                    help="build the kernels from this tree (alone: Debian's linux-source)")
+    group.addoption("--hvo-variant", default=None,
+                    help="build variant, e.g. debug or debug+4k (with --hvo-tree)")
+    group.addoption("--hvo-setting", default="on,off", help="hugetlb_free_vmemmap settings to boot (on,off)")
+    group.addoption("--hvo-out", default=None, help="directory for console logs (default: pytest's basetemp)")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Which kernel a boot uses: Debian's, an image, or a tree build with a variant."""
+
+    kernel: str = "debian"
+    tree: str | None = None
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.tree is None:
+            return "debian" if self.kernel == "debian" else Path(self.kernel).name
+        tree = "linux-source" if self.tree == "debian" else Path(self.tree).name
+        return f"{tree}-{self.variant or 'base'}"
+
+
+@dataclass(frozen=True)
+class BootKey:
+    arch: str
+    spec: KernelSpec
+    hvo: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch}-{self.spec.label}-hvo-{self.hvo}"
+
+
+class Boots:
+    """Boots made in this process, by key: each boots once, whoever asks first."""
+
+    def __init__(self, out_dir: Callable[[], Path]) -> None:
+        self._out_dir = out_dir
+        self._runs: dict[BootKey, Run] = {}
+        self._errors: dict[BootKey, HarnessError] = {}
+        self._kernels: dict[tuple[str, KernelSpec], pipeline.PreparedKernel] = {}
+        self._lock = threading.Lock()
+
+    def kernel(self, profile: ArchProfile, spec: KernelSpec) -> pipeline.PreparedKernel:
+        key = (profile.name, spec)
+        if key not in self._kernels:
+            if spec.tree is None:
+                self._kernels[key] = pipeline.prepare_kernel(profile, spec.kernel)
+            else:
+                build = pipeline.TreeBuild(tree=None if spec.tree == "debian" else Path(spec.tree),
+                                           variants=(spec.variant,))
+                source = pipeline.resolve_source(build)
+                self._kernels[key] = pipeline.build_kernel(profile, build, spec.variant, source)
+        return self._kernels[key]
+
+    def get(self, key: BootKey) -> Run:
+        with self._lock:
+            if key in self._errors:
+                raise self._errors[key]
+            if key not in self._runs:
+                try:
+                    self._runs[key] = self._boot(key)
+                except HarnessError as error:
+                    self._errors[key] = error
+                    raise
+            return self._runs[key]
+
+    def _boot(self, key: BootKey) -> Run:
+        profile = get_profile(key.arch)
+        kernel = self.kernel(profile, key.spec)
+        env = pipeline.prepare_environment(profile)
+        out = self._out_dir() / key.spec.label
+        with guest_memory.reserve(profile.memory_mib):
+            return pipeline.boot(profile, kernel, env, key.hvo, out)
+
+
+class ScenarioFailed(Exception):
+    """A scenario or a boot that failed: the message is the harness's reason and findings."""
+
+
+def failure_text(run: Run, scenario: Scenario | None, what: str) -> str:
+    lines = [what]
+    if scenario is not None:
+        lines.append(f"reason: {scenario.reason}")
+    lines.append(f"boot: {run.verdict} ({run.verdict_reason})")
+    for finding in run.findings[:2]:
+        excerpt = finding.excerpt.splitlines()
+        lines += ["", f"finding: {finding.summary()}", *excerpt[:25]]
+        if len(excerpt) > 25:
+            lines.append(f"... ({len(excerpt) - 25} more lines)")
+    if len(run.findings) > 2:
+        lines.append(f"... and {len(run.findings) - 2} more findings")
+    lines += ["", f"console log: {run.console_log}"]
+    console = Path(run.console_log)
+    reproducer = console.with_name(console.name.replace(".console.log", ".qemu.sh"))
+    if reproducer.exists():
+        lines.append(f"reproduce: sh {reproducer}")
+    return "\n".join(lines)
+
+
+def _sysctl_absent(run: Run) -> bool:
+    env = run.hugetlb.get("guest_env") or {}
+    return env.get("sysctl") == "absent"
+
+
+class HvoItem(pytest.Item):
+    """One scenario of one boot (or, named `boot`, the boot's own findings)."""
+
+    def __init__(self, *, key: BootKey, scenario: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.key = key
+        self.scenario = scenario
+        self.add_marker(pytest.mark.xdist_group(name=key.label))
+        self.user_properties.append(("arch", key.arch))
+        self.user_properties.append(("kernel", key.spec.label))
+
+    def runtest(self) -> None:
+        try:
+            run = BOOTS.get(self.key)
+        except HarnessError as error:
+            raise ScenarioFailed(f"set-up error: {error}") from None
+        self.user_properties.append(("console_log", run.console_log))
+        if self.scenario == "boot":
+            if run.findings or run.verdict == "error":
+                raise ScenarioFailed(failure_text(run, None, f"boot {run.verdict}: {run.verdict_reason}"))
+            # A failed scenario no item was collected for must not hide behind a pass.
+            planned = set(self.parent.scenarios) if isinstance(self.parent, HvoBootCollector) else set()
+            unplanned = [s for s in run.scenarios if s.name not in planned and s.status == "fail"]
+            if unplanned:
+                names = ", ".join(s.name for s in unplanned)
+                raise ScenarioFailed(failure_text(run, unplanned[0], f"unplanned scenarios failed: {names}"))
+            return
+        found = next((s for s in run.scenarios if s.name == self.scenario), None)
+        if found is None and self.scenario.endswith("-sysctl") and _sysctl_absent(run):
+            # No /proc/sys/vm/hugetlb_optimize_vmemmap: the guest made one run-time pass under
+            # the boot's own setting; it stands for the pass with that setting.
+            where, setting = self.scenario.rsplit("/", 1)
+            found = next((s for s in run.scenarios if f"{s.size}/{s.mode}/node{s.node}" == where
+                          and setting.startswith(f"hvo-{s.hvo}-")), None)
+            if found is None:
+                pytest.skip(f"the kernel has no /proc/sys/vm/hugetlb_optimize_vmemmap: HVO cannot be "
+                            f"switched at run time ({run.hvo.reason})")
+        if found is None:
+            what = f"{self.scenario}: not in the results (never reported)"
+            raise ScenarioFailed(failure_text(run, None, what))
+        self.user_properties.append(("vmemmap_kib_per_page_expected", found.vmemmap.expected_kib_per_page))
+        self.user_properties.append(("vmemmap_kib_per_page_measured", found.vmemmap.measured_kib_per_page))
+        if found.status == "skip":
+            pytest.skip(found.reason)
+        if found.status != "pass":
+            raise ScenarioFailed(failure_text(run, found, f"{self.scenario}: {found.status}"))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: str | None = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return Path("hvo"), None, f"{self.key.label}::{self.scenario}"
+
+
+class HvoBootCollector(pytest.Collector):
+    def __init__(self, *, key: BootKey, scenarios: list[str], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.key = key
+        self.scenarios = scenarios
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for name in ["boot", *self.scenarios]:
+            yield HvoItem.from_parent(self, name=name, key=self.key, scenario=name)
+
+
+BOOTS: Boots
+
+
+def _page_size(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> int:
+    """The kernel's base page size, which the plan (and so the items) depend on."""
+    if spec.tree is not None:
+        return parse_size(kbuild.resolve_variant(profile, spec.variant).page_size)
+    kernel = boots.kernel(profile, spec)
+    return kconfig.page_size(kernel.config or {}) or min(profile.huge_sizes_by_page_size)
+
+
+def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
+    option = config.getoption("--hvo-arch")
+    if not option:
+        return []
+    spec = KernelSpec(config.getoption("--hvo-kernel"), config.getoption("--hvo-tree"),
+                      config.getoption("--hvo-variant"))
+    settings = [s.strip() for s in config.getoption("--hvo-setting").split(",") if s.strip()]
+    if not settings or any(s not in ("on", "off") for s in settings):
+        given = config.getoption("--hvo-setting")
+        raise pytest.UsageError(f"--hvo-setting {given!r}: give on, off or on,off")
+    try:
+        profiles = parse_arch_list(option)
+        if spec.kernel != "debian" and len(profiles) > 1:
+            raise HarnessError("--hvo-kernel PATH is one arch's kernel: give --hvo-arch with one arch")
+        boots = []
+        for profile in profiles:
+            page_size = _page_size(profile, spec, BOOTS)
+            for hvo in settings:
+                names = make_plan(profile, page_size, hvo).scenario_names()
+                boots.append((BootKey(profile.name, spec, hvo), names))
+        return boots
+    except HarnessError as error:
+        raise pytest.UsageError(f"hvo-harness: {error}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global BOOTS
+
+    def out_dir() -> Path:
+        given = config.getoption("--hvo-out")
+        if given:
+            return Path(given)
+        factory = config._tmp_path_factory  # type: ignore[attr-defined]
+        return factory.getbasetemp() / "hvo"
+
+    BOOTS = Boots(out_dir)
+    # The items of one boot must stay on one worker, or each worker would boot it again.
+    if config.getoption("--hvo-arch") and getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    boots = requested_boots(config)
+    if not boots:
+        return
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # `pytest --hvo-arch ...` with no paths: the HVO items are the session.
+        config.hook.pytest_deselected(items=list(items))
+        items.clear()
+    for key, scenarios in boots:
+        collector = HvoBootCollector.from_parent(session, name=f"hvo/{key.label}", nodeid=f"hvo/{key.label}",
+                                                 key=key, scenarios=scenarios)
+        items.extend(collector.collect())
+
+
+@pytest.fixture(scope="session")
+def hvo_boot() -> Callable[..., Run]:
+    """Boot (once per session and process) and return the judged Run:
+    hvo_boot("x86_64", "on"), hvo_boot("riscv64", "on", tree="debian", variant="debug")."""
+
+    def boot(arch: str, hvo: str, kernel: str = "debian", tree: str | None = None,
+             variant: str | None = None) -> Run:
+        return BOOTS.get(BootKey(arch, KernelSpec(kernel, tree, variant), hvo))
+
+    return boot

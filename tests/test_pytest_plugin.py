@@ -1,0 +1,54 @@
+"""The pytest plugin on real guests, run as a user would: `pytest --hvo-arch ...` in a fresh
+pytest process (pytester), with JUnit XML."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.plan import make_plan
+from harness.profiles import get_profile
+
+pytestmark = [pytest.mark.boot, pytest.mark.timeout(1800)]
+
+
+def junit_cases(path: Path) -> list[ET.Element]:
+    return list(ET.parse(path).getroot().iter("testcase"))
+
+
+def test_one_junit_case_per_scenario_and_boot(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """loongarch64 on Debian's kernel (16K pages, HVO inactive): every planned scenario is a
+    case with a readable id; nothing passes that HVO could not do."""
+    junit = tmp_path / "j.xml"
+    result = pytester.runpytest_subprocess("--hvo-arch", "loongarch64", "--hvo-setting", "on", "-p",
+                                           "no:cacheprovider", f"--junitxml={junit}", "-rs")
+    planned = make_plan(get_profile("loongarch64"), 16384, "on").scenario_names()
+    cases = junit_cases(junit)
+    assert [c.attrib["name"] for c in cases] == ["boot", *planned]
+    assert {c.attrib["classname"] for c in cases} == {"hvo.loongarch64-debian-hvo-on"}
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    # HVO is inactive on Debian's loong64 kernel: its HVO-on scenarios are skips with the reason.
+    assert "HVO inactive" in result.stdout.str()
+    hvo_on = [c for c in cases if "/hvo-on-" in c.attrib["name"]]
+    assert hvo_on and all(c.find("skipped") is not None for c in hvo_on)
+
+
+def test_finding_fails_the_boot_item_with_excerpt_and_log(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """riscv64 debug kernel from linux-source-7.2 (docs/findings.md #3): the boot item fails,
+    showing the finding's excerpt, the console log's path and the reproducer."""
+    junit = tmp_path / "j.xml"
+    result = pytester.runpytest_subprocess(
+        "--hvo-arch", "riscv64", "--hvo-tree", "--hvo-variant", "debug", "--hvo-setting", "on",
+        "-p", "no:cacheprovider", f"--junitxml={junit}",
+    )
+    out = result.stdout.str()
+    assert "FAILED hvo/riscv64-linux-source-debug-hvo-on::boot" in out
+    assert "finding: WARN at vmemmap_remap_pte (mm/hugetlb_vmemmap.c:223)" in out
+    assert "WARNING: mm/hugetlb_vmemmap.c:223 at vmemmap_remap_pte" in out
+    assert "console log: " in out and ".console.log" in out
+    assert "reproduce: sh " in out
+    failed = {c.attrib["name"] for c in junit_cases(junit) if c.find("failure") is not None}
+    assert "boot" in failed and "2M/runtime/node0/hvo-on-sysctl" not in failed
