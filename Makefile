@@ -9,14 +9,18 @@ PYTEST    := $(VENV)/bin/pytest
 RUN_ARGS  ?= --arch all --json hvo-results/r.json
 TEST_ARGS ?=
 
-.PHONY: run test deps venv fetch lint clean
+.PHONY: run test bench deps venv fetch lint clean
 
 run: deps venv
 	$(HARNESS) run $(RUN_ARGS)
 
 test: deps venv
-	$(VENV)/bin/ruff check harness tests
+	$(VENV)/bin/ruff check harness tests scripts
 	$(PYTEST) $(TEST_ARGS)
+
+# Speed, measured: harness overhead vs bare QEMU, and the default matrix serial vs -n 2.
+bench: deps venv
+	$(VENV)/bin/python scripts/bench.py
 
 # Debian packages (QEMU 10 and clang-19 from bookworm-backports): idempotent, non-interactive.
 deps:
@@ -34,7 +38,7 @@ fetch: deps venv
 	$(HARNESS) fetch --arch all
 
 lint: venv
-	$(VENV)/bin/ruff check harness tests
+	$(VENV)/bin/ruff check harness tests scripts
 
 clean:
 	rm -rf hvo-results .pytest_cache

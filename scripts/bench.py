@@ -1,0 +1,131 @@
+"""`make bench`: speed, measured side by side in one run, with repetitions and medians.
+
+(a) Harness overhead: one boot and its scenarios through the harness (pipeline.boot, judging
+    included) against the bare QEMU command the harness itself wrote for that boot
+    (<stem>.qemu.sh), run alternately; the ratio of the medians.
+(b) The default matrix (Debian's kernels, every arch, HVO on and off) through pytest and the
+    plugin, serial and with `-n 2`; the wall time of each.
+
+Prints a table and writes a bench JSON (default hvo-results/bench.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness import pipeline  # noqa: E402
+from harness.profiles import get_profile  # noqa: E402
+
+
+def overhead(arch: str, repeat: int, work: Path) -> dict[str, object]:
+    profile = get_profile(arch)
+    kernel = pipeline.prepare_kernel(profile, "debian")
+    env = pipeline.prepare_environment(profile)
+    harness_seconds: list[float] = []
+    bare_seconds: list[float] = []
+    argv: list[str] = []
+    for index in range(repeat):
+        out = work / f"overhead-{index}"
+        started = time.monotonic()
+        run = pipeline.boot(profile, kernel, env, "on", out)
+        harness_seconds.append(time.monotonic() - started)
+        if run.ended != "done":
+            raise SystemExit(f"bench: the {arch} boot did not finish ({run.verdict_reason})")
+        # The command the harness printed for this very boot, run bare: QEMU until the guest
+        # powers off, output to a file (as the harness logs it).
+        argv = shlex.split((out / f"{profile.name}-hvo-on.qemu.sh").read_text().splitlines()[-1])
+        started = time.monotonic()
+        with open(out / "bare.console.log", "wb") as console:
+            subprocess.run(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           timeout=600, check=False)
+        bare_seconds.append(time.monotonic() - started)
+    harness_median = statistics.median(harness_seconds)
+    bare_median = statistics.median(bare_seconds)
+    return {
+        "arch": arch,
+        "repeat": repeat,
+        "harness_seconds": [round(s, 2) for s in harness_seconds],
+        "bare_qemu_seconds": [round(s, 2) for s in bare_seconds],
+        "harness_median": round(harness_median, 2),
+        "bare_qemu_median": round(bare_median, 2),
+        "ratio": round(harness_median / bare_median, 3),
+        "bare_command": shlex.join(argv),
+    }
+
+
+def matrix(jobs: int | None, repeat: int, work: Path) -> dict[str, object]:
+    seconds = []
+    for index in range(repeat):
+        argv = [sys.executable, "-m", "pytest", "--hvo-arch", "all", "-q", "-p", "no:cacheprovider",
+                f"--basetemp={work / f'matrix-{jobs or 1}-{index}'}", "-o", "addopts="]
+        if jobs:
+            argv += ["-n", str(jobs)]
+        started = time.monotonic()
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        seconds.append(time.monotonic() - started)
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"bench: pytest failed to run: {done.stdout[-500:]}{done.stderr[-500:]}")
+    return {"jobs": jobs or 1, "repeat": repeat, "seconds": [round(s, 1) for s in seconds],
+            "median": round(statistics.median(seconds), 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="x86_64", help="arch of the overhead boot (default x86_64)")
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "3")),
+                        help="repetitions of the overhead boot pair (default 3)")
+    parser.add_argument("--matrix-repeat", type=int, default=int(os.environ.get("BENCH_MATRIX_REPEAT", "2")),
+                        help="repetitions of each matrix timing (default 2)")
+    parser.add_argument("--json", type=Path, default=REPO / "hvo-results" / "bench.json")
+    args = parser.parse_args()
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="hvo-bench-") as tmp:
+        work = Path(tmp)
+        console.print(f"[dim]> overhead: {args.arch}, {args.repeat} x (harness, bare QEMU)[/]")
+        over = overhead(args.arch, args.repeat, work)
+        console.print(f"[dim]> default matrix: serial and -n 2, {args.matrix_repeat} x each[/]")
+        serial = matrix(None, args.matrix_repeat, work)
+        parallel = matrix(2, args.matrix_repeat, work)
+    table = Table(title="hvo-harness bench (medians)")
+    for column in ("measure", "median", "runs", "note"):
+        table.add_column(column)
+    table.add_row(f"boot via harness ({args.arch}, hvo=on)", f"{over['harness_median']} s",
+                  ", ".join(map(str, over["harness_seconds"])), "pipeline.boot, judging included")
+    table.add_row("same boot, bare QEMU", f"{over['bare_qemu_median']} s",
+                  ", ".join(map(str, over["bare_qemu_seconds"])), "the .qemu.sh the harness wrote")
+    table.add_row("overhead ratio", str(over["ratio"]), "", "target <= 1.10")
+    table.add_row("default matrix, serial", f"{serial['median']} s", ", ".join(map(str, serial["seconds"])),
+                  "pytest --hvo-arch all")
+    table.add_row("default matrix, -n 2", f"{parallel['median']} s", ", ".join(map(str, parallel["seconds"])),
+                  "target <= 60 s")
+    console.print(table)
+    document = {
+        "schema": "hvo-harness-bench/1",
+        "host": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "overhead": over,
+        "matrix_serial": serial,
+        "matrix_n2": parallel,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    console.print(f"bench JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
