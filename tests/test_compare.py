@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,8 @@ import pytest
 from harness.compare import Comparison, compare, format_comparison
 from harness.errors import HarnessError
 from harness.results import from_json, load
+from tests.cli import run_cli
 from tests.recorded import RISCV, X86, both_arches, document
-
-REPO = Path(__file__).resolve().parent.parent
-
-
 
 
 def scenario(doc: dict[str, Any], arch: str, name: str) -> dict[str, Any]:
@@ -36,11 +31,6 @@ def compared(base: dict[str, Any], new: dict[str, Any]) -> Comparison:
 
 def kinds(changes: list[Any]) -> list[tuple[str, str]]:
     return [(change.kind, change.where) for change in changes]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
 
 
 def write(tmp_path: Path, name: str, doc: dict[str, Any]) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,21 +10,7 @@ import pytest
 
 from harness import artefacts
 from harness.profiles import get_profile
-
-HARNESS = [sys.executable, "-m", "harness.cli"]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    # Progress lines ("> ...") say what was being done; the error itself is one line.
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("> ")]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("hvo-harness: error: ")
-    return lines[0]
+from tests.cli import one_error_line, run_cli
 
 
 def test_missing_kernel(tmp_path: Path) -> None:

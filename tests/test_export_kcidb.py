@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,8 @@ import pytest
 from harness.errors import HarnessError
 from harness.kcidb_export import export
 from harness.results import from_json
+from tests.cli import run_cli
 from tests.recorded import RISCV, X86, both_arches, document
-
-REPO = Path(__file__).resolve().parent.parent
-
-
 
 
 def exported(doc: dict[str, Any], origin: str = "hvo_harness") -> dict[str, Any]:
@@ -240,23 +235,18 @@ def test_bad_origin_is_refused(origin: str) -> None:
         exported(document(RISCV), origin)
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
 def test_cli_export_end_to_end(tmp_path: Path) -> None:
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(both_arches()))
     out = tmp_path / "kcidb.json"
-    done = _run_cli("export", "kcidb", str(results_path), "-o", str(out), "--origin", "ci_lab")
+    done = run_cli("export", "kcidb", str(results_path), "-o", str(out), "--origin", "ci_lab")
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     written = json.loads(out.read_text())
     official_check(written)
     assert written == exported(both_arches(), "ci_lab")
 
-    to_stdout = _run_cli("export", "kcidb", str(results_path))
+    to_stdout = run_cli("export", "kcidb", str(results_path))
     assert to_stdout.returncode == 0, to_stdout.stderr
     streamed = json.loads(to_stdout.stdout)
     official_check(streamed)
@@ -270,7 +260,7 @@ def test_cli_export_end_to_end(tmp_path: Path) -> None:
 ])
 def test_cli_export_errors_are_one_line(tmp_path: Path, arguments: list[str], message: str) -> None:
     values = {"data": str(RISCV), "missing": str(tmp_path / "missing.json")}
-    done = _run_cli(*(argument.format(**values) for argument in arguments))
+    done = run_cli(*(argument.format(**values) for argument in arguments))
     assert done.returncode == 2
     assert done.stderr.startswith("hvo-harness: error: ") and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr

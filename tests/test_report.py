@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -22,12 +20,10 @@ from harness.report_page import (
     write_reports,
 )
 from harness.results import Results, from_json
+from tests.cli import run_cli
 from tests.recorded import RISCV, X86, both_arches, document
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = "<script>alert('pwned')</script>"
-
-
 
 
 def hostile() -> dict[str, Any]:
@@ -234,16 +230,11 @@ def test_write_reports(tmp_path: Path) -> None:
     assert html_path.read_text() == render_html(results, "r.json")
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
 def test_cli_report_end_to_end(tmp_path: Path) -> None:
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(hostile()))
     out = tmp_path / "report"
-    done = _run_cli("report", str(results_path), "--out", str(out))
+    done = run_cli("report", str(results_path), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [str(out / "report.md"), str(out / "report.html")]
     page = (out / "report.html").read_text()
@@ -252,13 +243,13 @@ def test_cli_report_end_to_end(tmp_path: Path) -> None:
     assert "## x86_64 hvo=on: FAIL" in (out / "report.md").read_text()
 
     # Without --out the reports go beside the results file.
-    beside = _run_cli("report", str(results_path))
+    beside = run_cli("report", str(results_path))
     assert beside.returncode == 0, beside.stderr
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
 
 
 def test_cli_report_bad_input(tmp_path: Path) -> None:
-    done = _run_cli("report", str(tmp_path / "missing.json"))
+    done = run_cli("report", str(tmp_path / "missing.json"))
     assert done.returncode == 2
     assert done.stderr.startswith("hvo-harness: error: ") and done.stderr.count("\n") == 1
     assert not (tmp_path / "report.md").exists()

@@ -4,7 +4,6 @@ like a QEMU boot of the same kernel; and the one-line errors where the backend d
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,22 +12,10 @@ from harness import pipeline
 from harness.errors import HarnessError
 from harness.profiles import get_profile
 from harness.results import Results, Run, validate
+from tests.cli import one_error_line, run_cli
 
-HARNESS = [sys.executable, "-m", "harness.cli"]
 VARIANT = "debug+vng"
 FREED_2M_KIB = 28  # 512 struct pages of 64 bytes: 8 vmemmap pages of 4K, HVO keeps one
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=600)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("hvo-harness: error: ")
-    return lines[0]
 
 
 def processes_mentioning(text: str) -> list[str]:
