@@ -218,21 +218,26 @@ def _run_make(tree: Path, out: Path, make_vars: list[str], targets: list[str], l
         assert proc.stdout is not None
         started = last_report = time.monotonic()
         compiled = 0
-        error_lines: list[str] = []
+        # The compiler's first "error:" names the cause; make's own "*** ... Error 1" lines
+        # only say that something failed.
+        first_error: str | None = None
+        last_line = ""
         for line in proc.stdout:
             sink.write(line)
             if line.lstrip().startswith(("CC ", "AS ", "LD ")):
                 compiled += 1
-            if "error" in line.lower() or "Error" in line:
-                error_lines.append(line.strip())
+            if first_error is None and "error:" in line:
+                first_error = line.strip()
+            if line.strip():
+                last_line = line.strip()
             now = time.monotonic()
             if progress and now - last_report >= 15:
                 last_report = now
                 progress(f"{label}: {' '.join(targets)}: {compiled} objects, {now - started:.0f}s")
         status = proc.wait()
     if status != 0:
-        first = next((e for e in error_lines if "error:" in e), error_lines[0] if error_lines else "?")
-        raise HarnessError(f"{label}: make {' '.join(targets)} failed: {first[:200]} (log: {log})")
+        cause = first_error or last_line or "?"
+        raise HarnessError(f"{label}: make {' '.join(targets)} failed: {cause[:200]} (log: {log})")
 
 
 def configure(request: BuildRequest, tree: Path, out: Path, log: Path,
@@ -258,7 +263,7 @@ def configure(request: BuildRequest, tree: Path, out: Path, log: Path,
     return config
 
 
-def build(request: BuildRequest, progress: Progress | None = None, force: bool = False) -> BuiltKernel:
+def build(request: BuildRequest, progress: Progress | None = None) -> BuiltKernel:
     """The image for this request: from the cache when an identical build is there."""
     versions = _versions(request.toolchain)
     key = build_key(request, versions)
@@ -266,7 +271,7 @@ def build(request: BuildRequest, progress: Progress | None = None, force: bool =
     where = cache_dir("builds") / request.profile.name / f"{request.variant.name}-{key[:16]}"
     metadata_path = where / "metadata.json"
     with _BUILD_LOCK, _file_lock(where.parent / f".{where.name}.lock"):
-        if metadata_path.exists() and not force:
+        if metadata_path.exists():
             metadata = json.loads(metadata_path.read_text())
             image = Path(str(metadata["image"]))
             if image.exists() and sha256_file(image) == metadata["image_sha256"]:

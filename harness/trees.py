@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cache import cache_dir
+from harness.cache import cache_dir, sha256_file
 from harness.errors import HarnessError
 
 # What the tree needs for `make O=` and merge_config.sh.
@@ -151,8 +151,6 @@ def patch_files(patches: Path) -> list[Path]:
 
 
 def series_digest(files: list[Path]) -> tuple[dict[str, str], ...]:
-    from harness.cache import sha256_file
-
     return tuple({"name": f.name, "sha256": sha256_file(f)} for f in files)
 
 
