@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import guest_memory, kbuild, kconfig, pipeline
+from harness import guest_memory, kbuild, pipeline
 from harness.errors import HarnessError
 from harness.plan import make_plan
 from harness.profiles import ArchProfile, get_profile, parse_arch_list, parse_size
@@ -218,8 +218,7 @@ def _page_size(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> int:
     """The kernel's base page size, which the plan (and so the items) depend on."""
     if spec.tree is not None:
         return parse_size(kbuild.resolve_variant(profile, spec.variant).page_size)
-    kernel = boots.kernel(profile, spec)
-    return kconfig.page_size(kernel.config or {}) or min(profile.huge_sizes_by_page_size)
+    return pipeline.kernel_facts(profile, boots.kernel(profile, spec)).page_size
 
 
 def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
