@@ -8,7 +8,7 @@ and fixtures that boot a guest and return its judged results.
 Items are one per (arch, kernel, HVO setting, scenario) plus one `boot` item per boot that
 fails on any kernel finding; ids read `hvo/x86_64-debian-hvo-on::2M/boot/node0/hvo-on-cmdline`.
 One boot covers all its scenarios: the first item of a boot boots it, the rest read the
-result. With pytest-xdist the items of one boot stay on one worker (`--dist loadgroup`, set
+result. With pytest-xdist the items of one boot stay on one worker (`--dist loadscope`, set
 by the plugin), and every boot takes its guest memory from a host-wide budget
 (guest_memory.py) so parallel guests do not starve the host. With --hvo-arch and no test
 paths, only the HVO items run; give paths to run other tests too.
@@ -151,7 +151,6 @@ class HvoItem(pytest.Item):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.key = key
         self.scenario = scenario
-        self.add_marker(pytest.mark.xdist_group(name=key.label))
         self.user_properties.append(("arch", key.arch))
         self.user_properties.append(("kernel", key.spec.label))
 
@@ -258,8 +257,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     BOOTS = Boots(out_dir)
     # The items of one boot must stay on one worker, or each worker would boot it again.
+    # loadscope groups items by their nodeid up to the last "::", which for ours is the boot
+    # (hvo/<arch>-<kernel>-hvo-<setting>). Not loadgroup: it marks groups by rewriting nodeids,
+    # which pytest 9.2 ignores, so groups are silently spread (pytest-xdist#1386).
     if config.getoption("--hvo-arch") and getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
+        config.option.dist = "loadscope"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,

@@ -3,6 +3,7 @@ pytest process (pytester), with JUnit XML."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -52,3 +53,29 @@ def test_finding_fails_the_boot_item_with_excerpt_and_log(pytester: pytest.Pytes
     assert "reproduce: sh " in out
     failed = {c.attrib["name"] for c in junit_cases(junit) if c.find("failure") is not None}
     assert "boot" in failed and "2M/runtime/node0/hvo-on-sysctl" not in failed
+
+
+def test_xdist_keeps_each_boot_on_one_worker(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Under `-n 2` every item of a boot runs on the worker that booted it: were a boot's
+    items spread, two workers would boot the same guest at once into the same log files
+    (as `--dist loadgroup` does with pytest 9.2, pytest-xdist#1386)."""
+    pytest.importorskip("xdist")
+    junit = tmp_path / "j.xml"
+    result = pytester.runpytest_subprocess("--hvo-arch", "loongarch64", "-n", "2", "-v", "-p",
+                                           "no:cacheprovider", f"--junitxml={junit}")
+    workers_by_boot: dict[str, set[str]] = {}
+    for line in result.stdout.lines:
+        match = re.match(r"\[(gw\d+)\] \[ *\d+%\] [A-Z]+ (hvo/[^:]+)::", line)
+        if match:
+            workers_by_boot.setdefault(match.group(2), set()).add(match.group(1))
+    assert set(workers_by_boot) == {"hvo/loongarch64-debian-hvo-on", "hvo/loongarch64-debian-hvo-off"}, \
+        result.stdout.str()
+    assert all(len(workers) == 1 for workers in workers_by_boot.values()), workers_by_boot
+    cases = junit_cases(junit)
+    for hvo in ("on", "off"):
+        # Each planned scenario once: a boot's items run (and are reported) once.
+        planned = make_plan(get_profile("loongarch64"), 16384, hvo).scenario_names()
+        label = f"hvo.loongarch64-debian-hvo-{hvo}"
+        names = [c.attrib["name"] for c in cases if c.attrib["classname"] == label]
+        assert sorted(names) == sorted(["boot", *planned])
+    assert len(cases) == 2 * (1 + len(planned))
