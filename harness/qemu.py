@@ -84,13 +84,18 @@ def build_argv(
         "-display", "none", "-serial", "stdio", "-monitor", "none",
         "-nic", "none", "-no-reboot",
         "-device", f"{profile.virtio_serial_device},id=hvoserial",
-        "-chardev", f"file,id=hvoresults,path={files.results}",
+        "-chardev", f"file,id=hvoresults,path={_option_value(files.results)}",
         "-device", f"virtserialport,bus=hvoserial.0,chardev=hvoresults,name={RESULTS_PORT}",
-        "-chardev", f"file,id=hvodmesg,path={files.dmesg}",
+        "-chardev", f"file,id=hvodmesg,path={_option_value(files.dmesg)}",
         "-device", f"virtserialport,bus=hvoserial.0,chardev=hvodmesg,name={DMESG_PORT}",
     ]
     argv += list(profile.extra_qemu_args)
     return argv
+
+
+def _option_value(path: Path) -> str:
+    """A path inside a QEMU key=value option list, where a comma must be written twice."""
+    return str(path).replace(",", ",,")
 
 
 def kernel_cmdline(profile: ArchProfile, *parts: str) -> str:

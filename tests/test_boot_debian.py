@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.results import Results, validate
+from tests.cli import run_cli
 from tests.conftest import find_run
 
 pytestmark = pytest.mark.boot
@@ -86,3 +87,17 @@ def test_results_json_keeps_the_contract(default_matrix: Results, tmp_path: Path
         assert run["kernel"]["source"]["type"] == "debian"
         for scenario in run["scenarios"]:
             assert scenario["reason"], "every status carries a reason"
+
+
+def test_out_dir_with_a_comma(tmp_path: Path) -> None:
+    """QEMU reads file paths inside its option lists, where a comma separates options: an
+    output directory with a comma in its name must still get the guest's results."""
+    out = tmp_path / "nightly,loongarch64"
+    proc = run_cli("run", "--arch", "loongarch64", "--hvo", "on", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["ended"] == "done" and run["scenarios"], run["verdict_reason"]
+    # QEMU opened the results port's file at that very path (loong64 then reports on the
+    # console: Debian's loong64 guest shows no virtio-serial port).
+    assert (out / "loongarch64-hvo-on.results.ktap").exists()
