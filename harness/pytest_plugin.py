@@ -276,7 +276,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for key, scenarios in boots:
         collector = HvoBootCollector.from_parent(session, name=f"hvo/{key.label}", nodeid=f"hvo/{key.label}",
                                                  key=key, scenarios=scenarios)
-        items.extend(collector.collect())
+        collected = list(collector.collect())
+        # Reported like any collector's result, so the header counts them ("collected N items").
+        report = pytest.CollectReport(collector.nodeid, "passed", None, collected)
+        config.hook.pytest_collectreport(report=report)
+        items.extend(collected)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ def test_one_junit_case_per_scenario_and_boot(pytester: pytest.Pytester, tmp_pat
     planned = make_plan(get_profile("loongarch64"), 16384, "on").scenario_names()
     cases = junit_cases(junit)
     assert [c.attrib["name"] for c in cases] == ["boot", *planned]
+    # The header counts the HVO items too (they are not collected from files).
+    assert f"collected {len(cases)} items" in result.stdout.str()
     assert {c.attrib["classname"] for c in cases} == {"hvo.loongarch64-debian-hvo-on"}
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, result.stdout.str()
