@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     profiles = parse_arch_list(args.arch)
-    settings = [s.strip() for s in args.hvo.split(",") if s.strip()]
-    if not settings or any(s not in ("on", "off") for s in settings):
-        raise HarnessError(f"--hvo {args.hvo!r}: give on, off or on,off")
+    settings = pipeline.parse_hvo_settings(args.hvo, "--hvo")
     if args.kernel != "debian" and len(profiles) > 1:
         raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
     tree_build = _tree_build(args)
@@ -155,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.node_mem:
         profiles = [with_node_memory(p, args.node_mem) for p in profiles]
     request = pipeline.MatrixRequest(
-        profiles=profiles, kernel=args.kernel, config=args.config, hvo_settings=tuple(settings),
+        profiles=profiles, kernel=args.kernel, config=args.config, hvo_settings=settings,
         append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
         build=tree_build, backend=args.backend,
     )

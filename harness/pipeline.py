@@ -27,6 +27,7 @@ from harness import (
     trees,
     vng,
 )
+from harness.errors import HarnessError
 from harness.plan import make_plan
 from harness.profiles import ArchProfile
 from harness.results import Accel, KernelInfo, Results, Run
@@ -240,6 +241,14 @@ def boot(
 
 def new_results() -> Results:
     return Results(harness_version=f"{__version__} ({platform.node()})")
+
+
+def parse_hvo_settings(text: str, option: str) -> tuple[str, ...]:
+    """'on', 'off' or 'on,off' (as given to `option`) -> the hugetlb_free_vmemmap settings."""
+    settings = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not settings or any(s not in ("on", "off") for s in settings):
+        raise HarnessError(f"{option} {text!r}: give on, off or on,off")
+    return settings
 
 
 @dataclass(frozen=True)

@@ -226,11 +226,8 @@ def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
         return []
     spec = KernelSpec(config.getoption("--hvo-kernel"), config.getoption("--hvo-tree"),
                       config.getoption("--hvo-variant"))
-    settings = [s.strip() for s in config.getoption("--hvo-setting").split(",") if s.strip()]
-    if not settings or any(s not in ("on", "off") for s in settings):
-        given = config.getoption("--hvo-setting")
-        raise pytest.UsageError(f"--hvo-setting {given!r}: give on, off or on,off")
     try:
+        settings = pipeline.parse_hvo_settings(config.getoption("--hvo-setting"), "--hvo-setting")
         profiles = parse_arch_list(option)
         if spec.kernel != "debian" and len(profiles) > 1:
             raise HarnessError("--hvo-kernel PATH is one arch's kernel: give --hvo-arch with one arch")

@@ -83,14 +83,21 @@ def build_argv(
         # The console is the serial port on stdio, driven by pexpect; nothing else on stdio.
         "-display", "none", "-serial", "stdio", "-monitor", "none",
         "-nic", "none", "-no-reboot",
+        *port_args(profile, files),
+    ]
+    argv += list(profile.extra_qemu_args)
+    return argv
+
+
+def port_args(profile: ArchProfile, files: GuestFiles) -> list[str]:
+    """The virtio-serial results and dmesg ports, each written to its file (both backends)."""
+    return [
         "-device", f"{profile.virtio_serial_device},id=hvoserial",
         "-chardev", f"file,id=hvoresults,path={_option_value(files.results)}",
         "-device", f"virtserialport,bus=hvoserial.0,chardev=hvoresults,name={RESULTS_PORT}",
         "-chardev", f"file,id=hvodmesg,path={_option_value(files.dmesg)}",
         "-device", f"virtserialport,bus=hvoserial.0,chardev=hvodmesg,name={DMESG_PORT}",
     ]
-    argv += list(profile.extra_qemu_args)
-    return argv
 
 
 def _option_value(path: Path) -> str:

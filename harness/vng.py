@@ -155,17 +155,13 @@ def build_argv(
     # fallback to use that name; a kernel without CONFIG_BLOCK (tinyconfig) mounts 9p with an
     # empty source instead ("9p: Bad value for 'source'"). Named, the kernel mounts it as is.
     argv += ["--append", f"{cmdline} root=/dev/root", "--exec", guest_command(busybox, helper)]
-    # The results and dmesg ports, as qemu.build_argv adds them. vng puts these words into a
+    # The results and dmesg ports, as the QEMU backend has them. vng puts these words into a
     # shell command line: shlex.join keeps each one a word.
     qemu_opts = [
         # The profile's machine, as with the QEMU backend (vng asks for q35 under TCG; the last
         # -machine wins): the same memory layout, so the same room for 1G pages per node.
         "-machine", profile.machine,
-        "-device", f"{profile.virtio_serial_device},id=hvoserial",
-        "-chardev", f"file,id=hvoresults,path={files.results}",
-        "-device", f"virtserialport,bus=hvoserial.0,chardev=hvoresults,name={qemu.RESULTS_PORT}",
-        "-chardev", f"file,id=hvodmesg,path={files.dmesg}",
-        "-device", f"virtserialport,bus=hvoserial.0,chardev=hvodmesg,name={qemu.DMESG_PORT}",
+        *qemu.port_args(profile, files),
         *profile.extra_qemu_args,
     ]
     # With '=': the value starts with '-'; and it must be last (virtme-run takes the rest).
