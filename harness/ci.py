@@ -100,10 +100,9 @@ def plan_jobs(arch: str = "all", variants: Sequence[str] = (), all_page_sizes: b
     for profile in profiles:
         seen: set[str] = set()
         for given in variants:
-            names = kbuild.page_size_variants(profile, given) if all_page_sizes else [given]
-            if len(profile.build.page_sizes) == 1:
-                # One page size: the variant as given names the same build.
-                names = [given]
+            # With one page size the variant as given names the same build (and the job).
+            several = all_page_sizes and len(profile.build.page_sizes) > 1
+            names = kbuild.page_size_variants(profile, given) if several else [given]
             for name in names:
                 canonical = kbuild.resolve_variant(profile, name).name  # checks every word
                 if canonical not in seen:
@@ -239,7 +238,7 @@ _APT = "apt-get update -q && apt-get install -y -q --no-install-recommends ca-ce
 
 def _explainer(explain: bool) -> Any:
     """Note(comment, value) for the first job, the bare value for the others (same steps)."""
-    return (lambda comment, value: Note(comment, value)) if explain else (lambda comment, value: value)
+    return Note if explain else (lambda comment, value: value)
 
 
 # --- GitHub Actions ----------------------------------------------------------------------------
@@ -378,7 +377,8 @@ def _gitlab_job(job: Job, explain: bool) -> dict[str, Any]:
         note(
             "Debian artefacts, linux-source, builds, initramfs images: a new cache when kconfigs/\n"
             "or guest_scripts/ change (so stale builds do not pile up). Saved on failure too.",
-            {"key": {"prefix": f"hvo-harness-{job.name}", "files": ["kconfigs/**/*", "guest_scripts/*"]},
+            {"key": {"prefix": f"hvo-harness-{job.name}",
+                     "files": [f"{path.removesuffix('**')}**/*" for path in KEY_FILES]},
              "paths": [".cache/hvo-harness/"], "when": "always"},
         ),
     ]

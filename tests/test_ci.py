@@ -142,6 +142,14 @@ def test_jobs_follow_the_profiles(variants: tuple[str, ...], all_page_sizes: boo
     assert {job.name: (job.arch, job.variant) for job in jobs} == expected_jobs(variants, all_page_sizes)
 
 
+def test_job_names_written_out() -> None:
+    """The same rules as expected_jobs, written out, so a rule both sides share is checked too."""
+    names = [job.name for job in ci.plan_jobs("all", ["debug", "base+4k"], all_page_sizes=True)]
+    assert names == ["x86_64", "riscv64", "loongarch64", "x86_64-debug", "x86_64-base-4k", "riscv64-debug",
+                     "riscv64-base-4k", "loongarch64-debug-16k", "loongarch64-debug-4k",
+                     "loongarch64-base-16k", "loongarch64-base-4k"]
+
+
 def test_loongarch64_gets_a_job_per_page_size() -> None:
     names = [job.name for job in ci.plan_jobs("loongarch64", ["debug"], all_page_sizes=True)]
     sizes = get_profile("loongarch64").build.page_sizes
