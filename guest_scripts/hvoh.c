@@ -7,6 +7,17 @@
  *
  *   hvoh pagesize
  *   hvoh touch SIZE_BYTES COUNT NODE
+ *   hvoh kmsg [TAG]      stream /dev/kmsg, a record a line, until "hvo-harness: kmsg end"
+ *   hvoh frame TAG       copy stdin to stdout, each line as "TAG CRC32 line"
+ *
+ * kmsg: every record of the kernel log with its level, sequence number and time stamp, as
+ * /dev/kmsg gives it ("6,123,4567890,-;text"), so that no console log level can hide a report
+ * from the host. A record overwritten before it was read (EPIPE) is reported as a line
+ * "hvo-kmsg: lost", and reading goes on. With TAG (the console channel, where kernel output
+ * can cut into a line) each line is framed as in `frame`.
+ * frame: the host keeps only lines whose CRC-32 (IEEE, of the line without its newline)
+ * matches, so kernel text that landed inside a line on a shared console drops that line
+ * instead of changing its values.
  */
 #include <linux/mman.h>
 #include <linux/mempolicy.h>
@@ -88,7 +99,7 @@ static int touch(unsigned long size, unsigned long count, int node)
 	unsigned long flags_len = (per_page + 1) * 8;
 	unsigned long long *flags;
 	unsigned long i, off, readback_errors = 0, head_bad = 0, tail_bad = 0, after_bad = 0;
-	unsigned long pfn_absent = 0, wrong_node = 0, checked_tails = 0;
+	unsigned long pfn_absent = 0, wrong_node = 0, checked_tails = 0, touched = 0;
 	int pagemap, kpageflags, first_node = -1;
 	char *map;
 
@@ -104,9 +115,11 @@ static int touch(unsigned long size, unsigned long count, int node)
 		return 2;
 	}
 	/* Write every base page of every huge page, then read all of it back. */
-	for (i = 0; i < count; i++)
+	for (i = 0; i < count; i++) {
 		for (off = 0; off < size; off += page_size)
 			*(unsigned long *)(map + i * size + off) = (i << 40) ^ off ^ 0x5a5a5a5aUL;
+		touched++;
+	}
 	for (i = 0; i < count; i++)
 		for (off = 0; off < size; off += page_size)
 			if (*(unsigned long *)(map + i * size + off) != ((i << 40) ^ off ^ 0x5a5a5a5aUL))
@@ -117,7 +130,7 @@ static int touch(unsigned long size, unsigned long count, int node)
 	flags = mmap(NULL, flags_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (pagemap < 0 || kpageflags < 0 || flags == MAP_FAILED) {
 		printf("mapped=%lu touched=%lu readback_errors=%lu kpageflags=unreadable\n",
-		       count, count, readback_errors);
+		       count, touched, readback_errors);
 		return 2;
 	}
 	for (i = 0; i < count; i++) {
@@ -157,10 +170,105 @@ static int touch(unsigned long size, unsigned long count, int node)
 	}
 	printf("mapped=%lu touched=%lu readback_errors=%lu pfn_absent=%lu head_flags_bad=%lu "
 	       "tail_flags_bad=%lu tails_checked=%lu next_page_bad=%lu wrong_node=%lu first_node=%d\n",
-	       count, count, readback_errors, pfn_absent, head_bad, tail_bad, checked_tails,
+	       count, touched, readback_errors, pfn_absent, head_bad, tail_bad, checked_tails,
 	       after_bad, wrong_node, first_node);
 	munmap(map, size * count);
 	return readback_errors || pfn_absent || head_bad || tail_bad || after_bad || wrong_node ? 1 : 0;
+}
+
+static unsigned int crc32(const char *data, unsigned long len)
+{
+	unsigned int crc = 0xffffffffu;
+	unsigned long i;
+	int bit;
+
+	for (i = 0; i < len; i++) {
+		crc ^= (unsigned char)data[i];
+		for (bit = 0; bit < 8; bit++)
+			crc = (crc >> 1) ^ (0xedb88320u & -(crc & 1u));
+	}
+	return ~crc;
+}
+
+/* One write() per line: a tty never interleaves two writers inside one write. */
+static void put_line(const char *tag, const char *line, unsigned long len)
+{
+	static char out[8192 + 64];
+	static const char hex[] = "0123456789abcdef";
+	unsigned long n = 0, i;
+	unsigned int crc;
+
+	if (len > 8192)
+		len = 8192;
+	if (tag) {
+		crc = crc32(line, len);
+		while (*tag)
+			out[n++] = *tag++;
+		out[n++] = ' ';
+		for (i = 0; i < 8; i++)
+			out[n++] = hex[(crc >> (28 - 4 * i)) & 0xf];
+		out[n++] = ' ';
+	}
+	memcpy(out + n, line, len);
+	n += len;
+	out[n++] = '\n';
+	write(1, out, n);
+}
+
+static int kmsg(const char *tag)
+{
+	static char record[8192];
+	static const char end[] = ";hvo-harness: kmsg end";
+	int fd = open("/dev/kmsg", O_RDONLY);
+	long got;
+	char *eol;
+
+	if (fd < 0) {
+		put_line(tag, "hvo-kmsg: unreadable", 20);
+		return 2;
+	}
+	for (;;) {
+		got = read(fd, record, sizeof(record) - 1);
+		if (got < 0 && errno == EPIPE) {
+			put_line(tag, "hvo-kmsg: lost", 14);
+			continue;
+		}
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			return 1;
+		record[got] = 0;
+		/* The record's first line; the " KEY=value" dictionary lines after it are dropped. */
+		eol = strchr(record, '\n');
+		if (eol)
+			got = eol - record;
+		put_line(tag, record, (unsigned long)got);
+		/* The guest's last record: everything before it has been sent. */
+		if (got >= (long)sizeof(end) - 1 &&
+		    !memcmp(record + got - (sizeof(end) - 1), end, sizeof(end) - 1))
+			return 0;
+	}
+}
+
+static int frame(const char *tag)
+{
+	static char buf[8192], line[8192];
+	unsigned long n = 0;
+	long got, i;
+
+	while ((got = read(0, buf, sizeof(buf))) > 0 || (got < 0 && errno == EINTR)) {
+		for (i = 0; i < got; i++) {
+			if (buf[i] == '\n') {
+				put_line(tag, line, n);
+				n = 0;
+			} else if (n < sizeof(line)) {
+				line[n++] = buf[i];
+			}
+		}
+	}
+	if (n)
+		put_line(tag, line, n);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -172,6 +280,10 @@ int main(int argc, char **argv)
 	}
 	if (argc == 5 && !strcmp(argv[1], "touch"))
 		return touch(parse_ulong(argv[2]), parse_ulong(argv[3]), (int)parse_ulong(argv[4]));
-	printf("usage: hvoh pagesize | hvoh touch SIZE_BYTES COUNT NODE\n");
+	if ((argc == 2 || argc == 3) && !strcmp(argv[1], "kmsg"))
+		return kmsg(argc == 3 ? argv[2] : NULL);
+	if (argc == 3 && !strcmp(argv[1], "frame"))
+		return frame(argv[2]);
+	printf("usage: hvoh pagesize | hvoh touch SIZE_BYTES COUNT NODE | hvoh kmsg [TAG] | hvoh frame TAG\n");
 	return 64;
 }

@@ -27,7 +27,12 @@ counters() {
 }
 
 # A marker in the kernel log: the host attributes a WARN or BUG to the scenario it followed.
-mark() { echo "hvo-harness: scenario $1" > /dev/kmsg; }
+# Its exit status is reported (mark_rc): without the marker, attribution is impossible.
+mark() { echo "hvo-harness: scenario $1" > /dev/kmsg 2>/dev/null; }
+# /proc/sys/kernel/tainted before and after each scenario: a kernel report the host could not
+# read still leaves its taint flag.
+# (sysctl files give their value without a newline to a short read: read's status is no test.)
+taint() { tainted=; read -r tainted < /proc/sys/kernel/tainted; : "${tainted:=unreadable}"; }
 
 cmdline_value hvo.sizes; sizes=$(echo "$value" | tr , ' ')
 cmdline_value hvo.runtime; runtime=$(echo "$value" | tr , ' ')
@@ -46,10 +51,18 @@ count_words "$sysctl_values"; n_sysctl=$words
 [ "$n_sysctl" -gt 0 ] || n_sysctl=1
 
 echo "KTAP version 1"
-echo "# hvo: env page_size=$(hvoh pagesize) nodes=$(echo $nodes | tr ' ' ,) registered=$(ls /sys/kernel/mm/hugepages 2>/dev/null | sed 's/hugepages-//' | tr '\n' ' ' | sed 's/ $//' | tr ' ' ,) sysctl=$( [ -f $sysctl ] && cat $sysctl || echo absent) release=$(uname -r) machine=$(uname -m)"
+echo "# hvo: env page_size=$(hvoh pagesize) nodes=$(echo $nodes | tr ' ' ,) registered=$(ls /sys/kernel/mm/hugepages 2>/dev/null | sed 's/hugepages-//' | tr '\n' ' ' | sed 's/ $//' | tr ' ' ,) sysctl=$( [ -f $sysctl ] && cat $sysctl || echo absent) release=$(uname -r) machine=$(uname -m) tainted=$(cat /proc/sys/kernel/tainted)"
 echo "# hvo: env-counters $(counters)"
 echo "1..$((n_sizes * n_nodes + n_runtime * n_nodes * n_sysctl))"
 test_no=0
+# "not ok" where the guest itself saw a step fail; the host judges every value either way.
+ktap_result() {
+	if [ "$1" = 0 ] && [ "$2" = 0 ]; then
+		echo "ok $test_no $3"
+	else
+		echo "not ok $test_no $3 # touch_rc=$1 release_rc=$2"
+	fi
+}
 
 # Boot-time pages: what the kernel allocated for hugepages=, per node, then touched.
 for kb in $sizes; do
@@ -63,12 +76,16 @@ for kb in $sizes; do
 			echo "ok $test_no $name # SKIP no $dir"
 			continue
 		fi
-		mark "$name"
+		mark "$name"; mark_rc=$?
+		taint
 		read -r nr < "$dir/nr_hugepages"
 		read -r free < "$dir/free_hugepages"
-		echo "# hvo: $name allocated=$nr free=$free"
-		if [ "$free" -gt 0 ]; then
-			out=$(hvoh touch $((kb * 1024)) "$free" "$node"); rc=$?
+		echo "# hvo: $name allocated=$nr free=$free mark_rc=$mark_rc tainted_before=$tainted"
+		rc=0
+		if [ "$nr" -gt 0 ]; then
+			# Every page the kernel allocated, not only the free ones: a page that is not
+			# free at this point is one the scenario cannot vouch for.
+			out=$(hvoh touch $((kb * 1024)) "$nr" "$node"); rc=$?
 			echo "# hvo: $name touch_rc=$rc $out"
 		fi
 		# Releasing boot-time pages makes the kernel restore their vmemmap: the counters
@@ -76,30 +93,30 @@ for kb in $sizes; do
 		echo "# hvo: $name before $(counters) nr=$nr"
 		echo 0 > "$dir/nr_hugepages" 2>/dev/null; release_rc=$?
 		read -r nr_now < "$dir/nr_hugepages"
-		echo "# hvo: $name released $(counters) nr=$nr_now release_rc=$release_rc"
-		echo "ok $test_no $name"
+		read -r surplus < "$dir/surplus_hugepages"
+		taint
+		echo "# hvo: $name released $(counters) nr=$nr_now surplus=$surplus release_rc=$release_rc tainted_after=$tainted"
+		ktap_result "$rc" "$release_rc" "$name"
 	done
 done
 
 # Run-time pages: allocate per node through sysfs with each sysctl value, touch, release.
 for value in ${sysctl_values:-keep}; do
+	# A pass is named by the value asked for; what the sysctl then read is reported beside it,
+	# so a write that did not take is seen as such, not as another pass of the old value.
+	pass=absent set_rc=absent sysctl_now=absent
 	if [ "$value" != keep ]; then
-		if [ -f $sysctl ]; then
-			echo "$value" > $sysctl 2>/dev/null; set_rc=$?
-			read -r now < $sysctl
-			echo "# hvo: sysctl set=$value rc=$set_rc now=$now"
-		else
-			echo "# hvo: sysctl set=$value rc=absent"
-		fi
+		pass=$value
+		echo "$value" > $sysctl 2>/dev/null; set_rc=$?
+		read -r sysctl_now < $sysctl
+		echo "# hvo: sysctl set=$value rc=$set_rc now=$sysctl_now"
 	fi
-	sysctl_now=absent
-	[ -f $sysctl ] && read -r sysctl_now < $sysctl
 	for item in $runtime; do
 		kb=${item%%:*}
 		want=${item##*:}
 		for node in $nodes; do
 			test_no=$((test_no + 1))
-			name="runtime size_kb=$kb node=$node sysctl=$sysctl_now"
+			name="runtime size_kb=$kb node=$node sysctl=$pass"
 			dir=/sys/devices/system/node/node$node/hugepages/hugepages-${kb}kB
 			if [ ! -d "$dir" ]; then
 				echo "# hvo: $name requested=$want sysfs=absent"
@@ -107,20 +124,24 @@ for value in ${sysctl_values:-keep}; do
 				echo "ok $test_no $name # SKIP no $dir"
 				continue
 			fi
-			mark "$name"
+			mark "$name"; mark_rc=$?
+			taint
 			read -r before < "$dir/nr_hugepages"
-			echo "# hvo: $name before $(counters) nr=$before"
+			echo "# hvo: $name before $(counters) nr=$before mark_rc=$mark_rc tainted_before=$tainted sysctl_now=$sysctl_now sysctl_rc=$set_rc"
 			echo $((before + want)) > "$dir/nr_hugepages" 2>/dev/null; write_rc=$?
 			read -r after < "$dir/nr_hugepages"
 			echo "# hvo: $name after $(counters) nr=$after write_rc=$write_rc requested=$want allocated=$((after - before))"
+			rc=0
 			if [ $((after - before)) -gt 0 ]; then
 				out=$(hvoh touch $((kb * 1024)) $((after - before)) "$node"); rc=$?
 				echo "# hvo: $name touch_rc=$rc $out"
 			fi
 			echo "$before" > "$dir/nr_hugepages" 2>/dev/null; release_rc=$?
 			read -r nr_now < "$dir/nr_hugepages"
-			echo "# hvo: $name released $(counters) nr=$nr_now release_rc=$release_rc"
-			echo "ok $test_no $name"
+			read -r surplus < "$dir/surplus_hugepages"
+			taint
+			echo "# hvo: $name released $(counters) nr=$nr_now surplus=$surplus release_rc=$release_rc tainted_after=$tainted"
+			ktap_result "$rc" "$release_rc" "$name"
 		done
 	done
 done

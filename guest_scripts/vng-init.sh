@@ -35,14 +35,23 @@ port_dev() {
 	return 1
 }
 
+# The kernel log from /dev/kmsg, as guest_scripts/init streams it.
+if dmesg_port=$(port_dev org.hvo-harness.dmesg); then
+	hvoh kmsg > "$dmesg_port" &
+else
+	hvoh kmsg hvo-kmsg: &
+fi
+kmsg_pid=$!
 results=$(port_dev org.hvo-harness.results)
 if [ -n "$results" ]; then
 	sh "$dir/scenarios.sh" > "$results" 2>&1
 else
-	# No channel: results on stdout, which reaches the host's console log; the host reports it.
+	# No channel: results on stdout, which reaches the host's console log, framed.
 	echo "hvo-init: error: no virtio-serial port org.hvo-harness.results (CONFIG_VIRTIO_CONSOLE?)"
-	sh "$dir/scenarios.sh" 2>&1
+	sh "$dir/scenarios.sh" 2>&1 | hvoh frame hvo-result:
 fi
-dmesg_port=$(port_dev org.hvo-harness.dmesg) && dmesg > "$dmesg_port"
+echo "hvo-harness: kmsg end" > /dev/kmsg
+( sleep 5; kill $kmsg_pid 2>/dev/null ) &
+wait $kmsg_pid
 echo "hvo-init: done"
 # vng's init powers the guest off when this returns.

@@ -1,15 +1,20 @@
-"""From what the guest reported and the console showed to statuses and a verdict.
+"""From what the guest reported and the kernel log showed to statuses and a verdict.
 
-Pure: plain data in, records out. Every status carries its reason; nothing passes unless
-every check that applies was made and held (a number the kernel cannot give is said so)."""
+Pure: plain data in, records out. A verdict is guilty until proven innocent: every value the
+guest reports is read strictly (absent or malformed fails the scenario, naming the key), every
+count is compared with what was asked, every kernel report in the log fails the scenario it
+came during, a taint flag that appeared with no report read fails it too, and a scenario
+passes only when every check that applies was made and held."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness import dmesg, oracle
 from harness.guest import GuestOutcome
+from harness.kmsg import KernelLog
 from harness.plan import Plan
 from harness.profiles import ArchProfile, size_label
 from harness.protocol import GuestReport, GuestScenario
@@ -18,6 +23,31 @@ from harness.results import Finding, Hvo, Scenario, summarize
 # The guest writes this to /dev/kmsg as each scenario starts (guest_scripts/scenarios.sh).
 _MARKER = re.compile(r"hvo-harness: scenario (?P<name>(?:boot|runtime) [^\r\n]*?)\s*$")
 _BOOT_SEGMENT = "boot"
+_NUMBER = re.compile(r"-?\d+")
+
+# kernel/panic.c taint_flags[]: bit -> (letter, what it means).
+TAINT_FLAGS = {
+    0: ("P", "proprietary module"), 1: ("F", "module force-loaded"), 2: ("S", "CPU out of spec"),
+    3: ("R", "module force-unloaded"), 4: ("M", "machine check"), 5: ("B", "bad page"),
+    6: ("U", "user request"), 7: ("D", "kernel died (oops or BUG)"), 8: ("A", "ACPI table overridden"),
+    9: ("W", "warning"), 10: ("C", "staging driver"), 11: ("I", "firmware workaround"),
+    12: ("O", "out-of-tree module"), 13: ("E", "unsigned module"), 14: ("L", "soft lockup"),
+    15: ("K", "live patch"), 16: ("X", "auxiliary"), 17: ("T", "struct randomization"),
+    18: ("N", "in-kernel test"), 19: ("J", "fwctl"),
+}
+# Taints that say which code was loaded, not that something went wrong while it ran.
+_PROVENANCE_TAINTS = frozenset({0, 1, 3, 10, 12, 13, 15, 16, 17})
+
+
+def taint_names(mask: int) -> str:
+    """'W (warning), B (bad page)' for the bits of mask."""
+    names = [f"{TAINT_FLAGS[bit][0]} ({TAINT_FLAGS[bit][1]})" if bit in TAINT_FLAGS else f"bit {bit}"
+             for bit in range(mask.bit_length()) if mask >> bit & 1]
+    return ", ".join(names)
+
+
+def _trouble(mask: int) -> int:
+    return mask & ~sum(1 << bit for bit in _PROVENANCE_TAINTS)
 
 
 @dataclass(frozen=True)
@@ -37,16 +67,44 @@ class Judgement:
     hugetlb: dmesg.HugeTLBReport
 
 
-def segment_console(text: str) -> dict[str, str]:
-    """Console text split at the guest's scenario markers: 'boot' is all before the first."""
+class Incomplete(Exception):
+    """A value the guest should have reported is absent or not what it must be."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _need(data: dict[str, str], key: str, where: str = "") -> int:
+    value = data.get(key)
+    if value is None or not _NUMBER.fullmatch(value):
+        raise Incomplete(f"{where}{key}" if value is None else f"{where}{key}={value!r}")
+    return int(value)
+
+
+def _counters(data: dict[str, str], where: str) -> dict[str, str]:
+    """The vmemmap counters of one reading: numbers, or 'absent' (the kernel has none)."""
+    for key in ("memmap_pages", "memmap_boot_pages"):
+        value = data.get(key)
+        if value != "absent":
+            _need(data, key, where)
+    return data
+
+
+def segment_log(text: str) -> tuple[dict[str, str], list[str]]:
+    """Kernel log text split at the guest's scenario markers: 'boot' is all before the first.
+    Also the segment keys in the order their markers came."""
     segments: dict[str, list[str]] = {_BOOT_SEGMENT: []}
+    order: list[str] = []
     current = _BOOT_SEGMENT
     for line in text.splitlines():
         if match := _MARKER.search(line):
             current = _segment_key(match["name"].split())
+            if current not in segments:
+                order.append(current)
             segments.setdefault(current, [])
         segments[current].append(line)
-    return {name: "\n".join(lines) for name, lines in segments.items()}
+    return {name: "\n".join(lines) for name, lines in segments.items()}, order
 
 
 def _segment_key(words: list[str]) -> str:
@@ -62,49 +120,70 @@ def judge(
     profile: ArchProfile,
     plan: Plan,
     facts: KernelFacts,
-    console: str,
+    log: KernelLog,
     guest: GuestReport,
     outcome: GuestOutcome,
 ) -> Judgement:
-    full = dmesg.parse(console)
-    by_segment = {
-        name: dmesg.parse(text).findings for name, text in segment_console(console).items()
-    }
+    full = dmesg.parse(log.text)
+    segments, _ = segment_log(log.text)
+    by_segment = {name: dmesg.parse(text).findings for name, text in segments.items()}
     hugetlb = full.hugetlb
     hvo = hvo_state(plan, facts, guest, hugetlb)
     supported = set(profile.huge_sizes_by_page_size.get(facts.page_size, ()))
 
     scenarios: list[Scenario] = []
     seen: set[tuple[str, int, int, str | None]] = set()
+    # A scenario whose marker is not in the log cannot be told apart from the one before it:
+    # both answer for what the log shows in the segment they share.
+    current = _BOOT_SEGMENT
+    sharers: dict[str, list[str]] = {}
+    assigned: list[tuple[GuestScenario, str, bool]] = []
     for report in guest.scenarios:
         seen.add(report.key)
-        findings = by_segment.get(_scenario_segment(report), [])
-        if report.mode == "boot":
+        unmarked = False
+        if report.data.get("sysfs") != "absent":  # a size the kernel lacks is never marked
+            own = _scenario_segment(report)
+            unmarked = own not in segments
+            current = current if unmarked else own
+        assigned.append((report, current, unmarked))
+        sharers.setdefault(current, []).append(report.label)
+    env_taint = guest.env.get("tainted")
+    for report, segment, unmarked in assigned:
+        findings = list(by_segment.get(segment, []))
+        if report.mode == "boot" and segment != _BOOT_SEGMENT:
+            # Boot-time pages were allocated (and optimized) while the kernel booted.
             findings = by_segment.get(_BOOT_SEGMENT, []) + findings
-        scenarios.append(
-            _judge_scenario(report, plan, facts, hvo, hugetlb, supported, findings)
-        )
-    missing = [key for key in _planned_keys(plan, guest) if key not in seen]
+        shared = [name for name in sharers[segment] if name != report.label] if unmarked else []
+        scenarios.append(_judge_scenario(report, plan, facts, hvo, hugetlb, supported, findings,
+                                         shared, env_taint))
+    missing = [key for key in planned_keys(plan, guest) if key not in seen]
+    nodes = guest.env.get("nodes")
     for mode, size_kb, node, sysctl in missing:
+        if guest.done and nodes is not None and str(node) not in nodes.split(","):
+            why = (f"the guest kernel has NUMA nodes {nodes or 'none'}, the plan {plan.nodes} "
+                   f"(QEMU was given {plan.nodes})")
+        elif guest.done:
+            why = "the guest finished without reporting it"
+        else:
+            why = f"the guest stopped first ({outcome.reason})"
         scenarios.append(
             Scenario(
-                size=size_label(size_kb * 1024), mode=mode, node=node,  # type: ignore[arg-type]
-                hvo=_scenario_hvo(plan.hvo, mode, sysctl), requested=_requested(plan, mode, size_kb),
-                allocated=0, status="fail",
-                reason=f"never ran: the guest stopped first ({outcome.reason})",
-                boot_hvo=plan.hvo, hvo_via="cmdline" if mode == "boot" or sysctl is None else "sysctl",
+                size=size_label(size_kb * 1024), mode=mode,  # type: ignore[arg-type]
+                node=node, hvo=_scenario_hvo(plan.hvo, mode, sysctl),  # type: ignore[arg-type]
+                requested=_requested(plan, mode, size_kb), allocated=0, status="fail",
+                reason=f"never ran: {why}", boot_hvo=plan.hvo,
+                hvo_via="cmdline" if mode == "boot" or sysctl in (None, "absent") else "sysctl",
             )
         )
-    verdict, reason = _verdict(outcome, guest, full.findings, scenarios)
+    verdict, reason = _verdict(outcome, guest, full.findings, scenarios, len(planned_keys(plan, guest)))
     return Judgement(scenarios, full.findings, hvo, verdict, reason, hugetlb)
 
 
-def _planned_keys(plan: Plan, guest: GuestReport) -> list[tuple[str, int, int, str | None]]:
-    """The scenarios the plan asks for, as far as they can be known without the guest."""
+def planned_keys(plan: Plan, guest: GuestReport) -> list[tuple[str, int, int, str | None]]:
+    """The scenarios the plan asks for: every size on every node QEMU was given, whatever
+    the guest kernel saw (a kernel that sees fewer nodes fails the rest, it does not skip)."""
     keys: list[tuple[str, int, int, str | None]] = []
-    # The nodes the guest kernel really has (a kernel may see fewer than QEMU was given).
-    reported = guest.env.get("nodes", "")
-    nodes = [int(n) for n in reported.split(",") if n.isdigit()] or list(range(plan.nodes))
+    nodes = range(plan.nodes)
     for size in plan.sizes:
         for node in nodes:
             keys.append(("boot", size // 1024, node, None))
@@ -138,10 +217,10 @@ def hvo_state(plan: Plan, facts: KernelFacts, guest: GuestReport, hugetlb: dmesg
     ]
     rule_reasons = sorted({r.reason for r in rules if r.reason})
     sysctl = guest.env.get("sysctl")
-    claims = {label: kib for label, kib in hugetlb.freeable_kib.items()}
+    claims = dict(hugetlb.freeable_kib)
+    listed = ", ".join(f"{kib} KiB for {label}" for label, kib in claims.items())
     if sysctl == "absent":
         if facts.hvo_built:
-            listed = ", ".join(f"{kib} KiB for {label}" for label, kib in claims.items())
             why = (f"CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y, yet the kernel claims {listed or 'nothing'}"
                    " and registers no sysctl: with the option built in, mm/hugetlb_vmemmap.h gives 0"
                    " only when sizeof(struct page) is not a power of two")
@@ -150,20 +229,13 @@ def hvo_state(plan: Plan, facts: KernelFacts, guest: GuestReport, hugetlb: dmesg
         return Hvo("on", "inactive", f"no /proc/sys/vm/hugetlb_optimize_vmemmap: {why}")
     if claims and not any(claims.values()):
         why = "; ".join(rule_reasons) or "the rules give savings, the kernel claims none"
-        listed = ", ".join(f"{kib} KiB for {label}" for label, kib in claims.items())
         return Hvo("on", "inactive", f"the kernel claims {listed}: {why}")
     if sysctl == "0":
         return Hvo("on", "inactive", "hugetlb_optimize_vmemmap is 0 after boot")
-    if sysctl is None:
-        return Hvo("on", "inactive", "the guest reported nothing (see the verdict)")
-    return Hvo("on", "active", "sysctl hugetlb_optimize_vmemmap=1 and savings claimed")
-
-
-def _int(data: dict[str, str], key: str, default: int = 0) -> int:
-    try:
-        return int(data.get(key, default))
-    except ValueError:
-        return default
+    if sysctl != "1":
+        return Hvo("on", "inactive", f"the guest reported sysctl={sysctl!r} (see the verdict)")
+    said = f"the kernel claims {listed}" if claims else "the kernel printed no savings line"
+    return Hvo("on", "active", f"sysctl hugetlb_optimize_vmemmap=1; {said}")
 
 
 def _judge_scenario(
@@ -174,6 +246,8 @@ def _judge_scenario(
     hugetlb: dmesg.HugeTLBReport,
     supported: set[int],
     findings: list[Finding],
+    shared_with: list[str],
+    env_taint: str | None,
 ) -> Scenario:
     size = report.size_kb * 1024
     label = size_label(size)
@@ -181,13 +255,11 @@ def _judge_scenario(
     scenario_hvo = _scenario_hvo(plan.hvo, mode, report.sysctl)
     via = "cmdline" if mode == "boot" or report.sysctl in (None, "absent") else "sysctl"
     data = report.data
-    after = report.phases.get("after", {})
     requested = _requested(plan, mode, report.size_kb)
-    allocated = _int(data, "allocated") if mode == "boot" else _int(after, "allocated")
     scenario = Scenario(
         size=label, mode=mode,  # type: ignore[arg-type]
         node=report.node, hvo=scenario_hvo,  # type: ignore[arg-type]
-        requested=requested, allocated=allocated, status="pass", reason="",
+        requested=requested, allocated=0, status="pass", reason="",
         boot_hvo=plan.hvo, hvo_via=via,
         checks={"guest": data, "phases": report.phases},
     )
@@ -197,7 +269,9 @@ def _judge_scenario(
         return scenario
 
     if findings:
-        return fail("kernel complained: " + summarize(findings))
+        where = (" (its marker is missing from the kernel log, so it answers for the segment it "
+                 f"shares with {', '.join(shared_with[:3])})" if shared_with else "")
+        return fail("kernel complained: " + summarize(findings) + where)
     if data.get("sysfs") == "absent":
         refusal = _refusal(report, label, hugetlb)
         if size in supported:
@@ -207,37 +281,118 @@ def _judge_scenario(
         return scenario
     if report.ok is None:
         return fail("the guest started this scenario but did not finish it")
+    try:
+        return _judge_allocation(report, scenario, plan, facts, hvo, hugetlb, fail, env_taint)
+    except Incomplete as missing:
+        return fail(f"guest report incomplete: {missing.key}")
+
+
+def _judge_allocation(
+    report: GuestScenario,
+    scenario: Scenario,
+    plan: Plan,
+    facts: KernelFacts,
+    hvo: Hvo,
+    hugetlb: dmesg.HugeTLBReport,
+    fail: Callable[[str], Scenario],
+    env_taint: str | None,
+) -> Scenario:
+    """The checks of a scenario that ran: every value read strictly (Incomplete otherwise)."""
+    data, mode, label = report.data, report.mode, scenario.size
+    size = report.size_kb * 1024
+    before = report.phases.get("before", {})
+    after = report.phases.get("after", {})
+    released = report.phases.get("released", {})
+    requested = scenario.requested
+
+    # Taint: a flag that appeared during the scenario is a report the log did not show.
+    taint_before = _need(data if mode == "boot" else before, "tainted_before",
+                         "" if mode == "boot" else "before.")
+    taint_after = _need(released, "tainted_after", "released.")
+    if mode == "boot" and env_taint is not None and _NUMBER.fullmatch(env_taint):
+        # Boot-time pages share the boot's history: a taint from before the first scenario.
+        new = _trouble(int(env_taint))
+        if new:
+            return fail(f"the kernel was tainted {taint_names(new)} before the scenarios, and no "
+                        "report of it was read in the kernel log")
+    new_taint = _trouble(taint_after & ~taint_before)
+    if new_taint:
+        return fail(f"the kernel was tainted {taint_names(new_taint)} during this scenario, and no "
+                    "report of it was read in the kernel log")
 
     # Allocation.
+    if mode == "boot":
+        allocated = _need(data, "allocated")
+        free = _need(data, "free")
+    else:
+        if report.sysctl not in (None, "absent"):
+            set_rc = before.get("sysctl_rc")
+            now = before.get("sysctl_now")
+            if set_rc != "0" or now != report.sysctl:
+                return fail(f"writing {report.sysctl} to /proc/sys/vm/hugetlb_optimize_vmemmap failed "
+                            f"(rc {set_rc}); it reads {now}")
+        nr_before = _need(before, "nr", "before.")
+        allocated = _need(after, "allocated", "after.")
+        nr_after = _need(after, "nr", "after.")
+        if nr_after - nr_before != allocated:
+            raise Incomplete(f"after.allocated={allocated} (nr went {nr_before} -> {nr_after})")
+        free = allocated
+    scenario.allocated = allocated
     if allocated < requested:
         failures = [f["line"] for f in hugetlb.allocation_failures if f.get("size") == label]
         detail = f" ({failures[0]})" if failures else ""
         return fail(f"allocated {allocated} of {requested} {label} pages on node {report.node}{detail}")
-    if mode == "runtime" and _int(after, "write_rc") != 0:
+    if mode == "runtime" and _need(after, "write_rc", "after.") != 0:
         return fail(f"writing nr_hugepages failed (rc {after.get('write_rc')})")
+    if mode == "boot" and free != allocated:
+        return fail(f"{allocated - free} of the {allocated} boot-time {label} pages were not free "
+                    "when the scenario started: they cannot all be touched")
 
-    # Touch and kpageflags.
-    if "touch_rc" not in data and allocated > 0:
-        return fail("the pages were not touched (the helper did not run)")
-    if _int(data, "touch_rc") != 0:
-        touch = {k: v for k, v in data.items() if k != "touch_rc"}
-        bad = [f"{k}={v}" for k, v in touch.items()
-               if k in ("readback_errors", "pfn_absent", "head_flags_bad", "tail_flags_bad",
-                        "next_page_bad", "wrong_node", "mmap_errno", "mempolicy_errno")
-               and v not in ("0", "")]
-        return fail("touching the pages failed: " + (" ".join(bad) or str(touch)))
+    # Touch and kpageflags: every allocated page mapped, written, read back, flags right.
+    if allocated > 0:
+        if _need(data, "touch_rc") != 0:
+            touch = {k: v for k, v in data.items() if k != "touch_rc"}
+            bad = [f"{k}={v}" for k, v in touch.items()
+                   if k in ("readback_errors", "pfn_absent", "head_flags_bad", "tail_flags_bad",
+                            "next_page_bad", "wrong_node", "mmap_errno", "mempolicy_errno")
+                   and v not in ("0", "")]
+            return fail("touching the pages failed: " + (" ".join(bad) or str(touch)))
+        mapped, touched = _need(data, "mapped"), _need(data, "touched")
+        if mapped != allocated or touched != allocated:
+            return fail(f"the helper mapped {mapped} and touched {touched} of the {allocated} pages")
+        for key in ("readback_errors", "pfn_absent", "head_flags_bad", "tail_flags_bad",
+                    "next_page_bad", "wrong_node"):
+            if _need(data, key) != 0:
+                return fail(f"touching the pages found {key}={data[key]}")
+        tails = _need(data, "tails_checked")
+        want_tails = allocated * (size // facts.page_size - 1)
+        if tails != want_tails:
+            return fail(f"the helper checked {tails} tail pages' flags, {want_tails} make up "
+                        f"{allocated} {label} pages")
+
+    # Release: every page given back, none left behind as surplus.
+    release_rc = _need(released, "release_rc", "released.")
+    if release_rc != 0:
+        return fail(f"releasing the pages failed (rc {release_rc})")
+    nr_left = _need(released, "nr", "released.")
+    surplus = _need(released, "surplus", "released.")
+    target = 0 if mode == "boot" else _need(before, "nr", "before.")
+    if nr_left != target or surplus != 0:
+        return fail(f"releasing left nr_hugepages at {nr_left} (asked {target}) with {surplus} "
+                    "surplus pages: pages still in use were not freed")
 
     # vmemmap savings: expected, claimed, measured.
     rule = oracle.expected_freeable(size, facts.page_size, facts.struct_page_size, facts.hvo_built)
+    scenario_hvo = scenario.hvo
     expected = rule.kib_per_page if scenario_hvo == "on" else 0
     claimed = hugetlb.freeable_kib.get(label)
     vm = scenario.vmemmap
     vm.expected_kib_per_page = expected
     vm.claimed_kib_per_page = claimed
-    before, released = report.phases.get("before", {}), report.phases.get("released", {})
-    if _int(released, "release_rc") != 0:
-        return fail(f"releasing the pages failed (rc {released.get('release_rc')})")
+    _counters(before, "before.")
+    _counters(released, "released.")
     if mode == "runtime":
+        _counters(after, "after.")
         vm.measured_kib_per_page = oracle.kib_per_page(before, after, allocated, facts.page_size)
         restored = oracle.kib_per_page(released, after, allocated, facts.page_size)
         vm.measured_by = "nr_memmap_pages + nr_memmap_boot_pages, on allocation"
@@ -260,14 +415,18 @@ def _judge_scenario(
                     f"{facts.struct_page_size}-byte struct page)")
     measured = vm.measured_kib_per_page
     if measured is None:
-        scenario.reason = (f"{allocated} pages touched, flags ok; vmemmap not measured: the "
-                           "kernel has no nr_memmap_pages/nr_memmap_boot_pages in /proc/vmstat")
+        # Not a pass: nothing says the vmemmap went where it should.
+        scenario.status = "skip"
+        scenario.reason = (f"{allocated} pages touched, flags ok, but vmemmap savings not measurable: "
+                           "the kernel has no nr_memmap_pages/nr_memmap_boot_pages in /proc/vmstat")
         return scenario
     if measured != expected:
         return fail(f"measured {measured:g} KiB of vmemmap freed per {label} page, expected "
                     f"{expected} ({vm.measured_by})")
     if restored is not None and restored != expected:
         return fail(f"released pages got {restored:g} KiB of vmemmap back each, expected {expected}")
+    if report.ok is False:
+        return fail(f"the guest reported not ok ({report.directive or 'no reason given'})")
     claim_text = f"claimed {claimed}, " if claimed is not None and scenario_hvo == "on" else ""
     scenario.reason = (f"{allocated} pages touched and read back, head/tail flags ok; vmemmap "
                        f"{claim_text}expected {expected} = measured {measured:g} KiB per page")
@@ -286,19 +445,33 @@ def _refusal(report: GuestScenario, label: str, hugetlb: dmesg.HugeTLBReport) ->
     return "; ".join(parts)
 
 
+# How QEMU ended, when the test bed rather than the kernel is to blame: never a kernel verdict.
+_TEST_BED_ENDS = ("interrupted", "signalled", "log-error")
+
+
 def _verdict(
-    outcome: GuestOutcome, guest: GuestReport, findings: list[Finding], scenarios: list[Scenario]
+    outcome: GuestOutcome, guest: GuestReport, findings: list[Finding], scenarios: list[Scenario],
+    planned: int,
 ) -> tuple[str, str]:
-    if outcome.ended == "interrupted":
+    if outcome.ended in _TEST_BED_ENDS:
         return "error", outcome.reason
-    if outcome.ended == "exited" and not findings and not guest.env:
+    if outcome.ended == "exited" and outcome.exit_status not in (0, None) and not findings and not guest.env:
+        # QEMU refused to run (a bad option, a missing file): a set-up error, not the kernel's.
         return "error", outcome.reason
     if findings:
         return "fail", f"{len(findings)} kernel finding(s): {summarize(findings)}"
+    if outcome.ended == "timeout" and guest.done:
+        return "fail", f"the guest reported all its scenarios, then hung: {outcome.reason}"
     if outcome.ended != "done":
         return "fail", outcome.reason
     if not guest.done:
         return "fail", "the guest did not report all its scenarios (results channel incomplete)"
+    if guest.planned is None:
+        return "fail", "the guest's report has no KTAP plan line (1..N)"
+    if guest.results != guest.planned:
+        return "fail", f"the guest reported {guest.results} KTAP results for a plan of {guest.planned}"
+    if guest.planned != planned:
+        return "fail", f"the guest planned {guest.planned} scenarios, the harness {planned}"
     failed = [s for s in scenarios if s.status == "fail"]
     if failed:
         return "fail", f"{len(failed)} scenario(s) failed, first: {failed[0].name}: {failed[0].reason}"

@@ -4,6 +4,7 @@ One function per stage boundary; the CLI, the tests and later runners only call 
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shlex
 import threading
@@ -22,6 +23,7 @@ from harness import (
     judge,
     kbuild,
     kconfig,
+    kmsg,
     protocol,
     qemu,
     trees,
@@ -199,16 +201,14 @@ def boot(
         via = f"{env.accel.used}, vng" if backend == "vng" else env.accel.used
         progress(f"{profile.name}: booting with hugetlb_free_vmemmap={hvo} ({via})")
     outcome = guest.run(argv, console_log, timeout, stop=stop)
-    console = console_log.read_bytes().decode(errors="replace")
-    results_text = files.results.read_text(errors="replace") if files.results.exists() else ""
-    report = protocol.parse(results_text)
-    channel = "virtio-serial"
-    if not report.env and "hvo-init: error: no virtio-serial port" in console:
-        # The guest fell back to the console (its kernel has no usable virtio-serial port):
-        # results lines are whole lines there, and kernel lines never parse as results.
-        report = protocol.parse(console)
-        channel = "console (no virtio-serial port in the guest)"
-    verdict = judge.judge(profile, plan, facts, console, report, outcome)
+    console = _read_text(console_log)
+    report, channel = read_results(_read_text(files.results), console)
+    log = read_kernel_log(_read_text(files.dmesg), console)
+    kernel_log = out_dir / f"{stem}.kernel.log"
+    # A full disk is reported by the results write that follows.
+    with contextlib.suppress(OSError):
+        kernel_log.write_text(log.text)
+    verdict = judge.judge(profile, plan, facts, log, report, outcome)
     return Run(
         arch=profile.name,
         variant=kernel.variant,
@@ -235,8 +235,38 @@ def boot(
             "seconds": round(outcome.seconds, 2),
             "results_channel": channel,
             "backend": backend,
+            "kernel_log": {"path": str(kernel_log), **log.as_dict()},
+            "qemu_exit": {"status": outcome.exit_status, "signal": getattr(outcome, "exit_signal", None)},
         },
     )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def read_results(port_text: str, console: str) -> tuple[protocol.GuestReport, str]:
+    """The guest's report: from the results port, or, where the guest has none, from the
+    console, where only framed lines whose CRC holds are taken (kernel text can cut into a
+    line on a shared console; such a line is dropped and counted, never half read)."""
+    report = protocol.parse(port_text)
+    if report.env or "hvo-init: error: no virtio-serial port" not in console:
+        return report, "virtio-serial"
+    lines, garbled = kmsg.framed_lines(console, kmsg.RESULT_TAG)
+    report = protocol.parse("\n".join(lines))
+    report.garbled = garbled
+    return report, "console (no virtio-serial port in the guest)"
+
+
+def read_kernel_log(port_text: str, console: str) -> kmsg.KernelLog:
+    """The kernel log to judge: the guest's /dev/kmsg stream (from the dmesg port, else framed
+    on the console) merged with the console."""
+    stream = kmsg.parse_stream(port_text, framed=False) if port_text.strip() else \
+        kmsg.parse_stream(console, framed=True)
+    return kmsg.merge(console, stream)
 
 
 def new_results() -> Results:

@@ -35,6 +35,12 @@ class GuestScenario:
     def key(self) -> tuple[str, int, int, str | None]:
         return (self.mode, self.size_kb, self.node, self.sysctl)
 
+    @property
+    def label(self) -> str:
+        """As the guest names it: 'runtime size_kb=2048 node=0 sysctl=1'."""
+        name = f"{self.mode} size_kb={self.size_kb} node={self.node}"
+        return name if self.sysctl is None else f"{name} sysctl={self.sysctl}"
+
 
 @dataclass
 class GuestReport:
@@ -42,7 +48,11 @@ class GuestReport:
     scenarios: list[GuestScenario] = field(default_factory=list)
     sysctl_sets: list[dict[str, str]] = field(default_factory=list)
     planned: int | None = None
+    # KTAP result lines ("ok N ..." / "not ok N ..."), matched to a scenario or not.
+    results: int = 0
     done: bool = False
+    # Framed lines (console channel) dropped because their CRC did not match.
+    garbled: int = 0
     # Lines that are neither KTAP nor data: a guest-side error (the shell's stderr) or noise.
     stray: list[str] = field(default_factory=list)
 
@@ -69,6 +79,7 @@ def parse(text: str) -> GuestReport:
             report.planned = int(match["count"])
             continue
         if match := _RESULT.match(line):
+            report.results += 1
             words = match["name"].split()
             scenario = _scenario_for(words, by_key, report)
             if scenario is not None:
