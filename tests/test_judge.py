@@ -1,0 +1,337 @@
+"""The judge never turns a fault into a PASS: one test per route to a wrong verdict (issue 9).
+
+Inputs are what the harness recorded from real boots (tests/data/README.md), each with one
+crafted change that stands for a real fault: a WARN the console log level hid, a value the
+guest did not report, a release that left pages behind, a marker that never reached the log.
+No QEMU: these run in `make test`'s fast part."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from harness import judge, pipeline
+from harness.guest import GuestOutcome
+from harness.plan import make_plan
+from harness.profiles import get_profile
+from harness.results import Run
+
+DATA = Path(__file__).parent / "data"
+RISCV = get_profile("riscv64")
+LOONGARCH = get_profile("loongarch64")
+# Debian's riscv64 and loong64 7.2.13: CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y.
+RISCV_FACTS = judge.KernelFacts(4096, 64, True)
+LOONGARCH_FACTS = judge.KernelFacts(16384, 64, True)
+DONE = GuestOutcome("done", "guest finished its scenarios", 5.0, 30.0, 0)
+
+# A WARN as the kernel logs it (kernel/panic.c __warn, 7.2 format), at KERN_WARNING.
+WARN_LINES = (
+    "------------[ cut here ]------------",
+    "WARNING: mm/hugetlb.c:1234 at alloc_fresh_hugetlb_folio+0x1c/0x80, CPU#0: sh/1",
+    "Call Trace:",
+    "[<ffffffff80012345>] alloc_fresh_hugetlb_folio+0x1c/0x80",
+    "---[ end trace 0000000000000000 ]---",
+)
+
+
+@dataclass
+class Boot:
+    """A recorded boot's three channels."""
+
+    console: str
+    results: str
+    dmesg: str = ""
+
+
+def recorded_riscv() -> Boot:
+    stem = DATA / "riscv64-7.2.13-kmsg-hvo-on"
+    return Boot(*(Path(f"{stem}.{ext}").read_text() for ext in ("console.log", "results.ktap", "dmesg.log")))
+
+
+def judged(boot: Boot, outcome: GuestOutcome = DONE, profile=RISCV, facts=RISCV_FACTS,
+           hvo: str = "on") -> judge.Judgement:
+    report, _ = pipeline.read_results(boot.results, boot.console)
+    log = pipeline.read_kernel_log(boot.dmesg, boot.console)
+    return judge.judge(profile, make_plan(profile, facts.page_size, hvo), facts, log, report, outcome)
+
+
+def scenario(judgement: judge.Judgement, name: str):
+    return next(s for s in judgement.scenarios if s.name == name)
+
+
+def edit_line(text: str, contains: str, old: str, new: str) -> str:
+    """Replace old by new in the one line holding `contains` (which must exist)."""
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if contains in line]
+    assert len(hits) == 1, (contains, len(hits))
+    assert old in lines[hits[0]], (old, lines[hits[0]])
+    lines[hits[0]] = lines[hits[0]].replace(old, new)
+    return "\n".join(lines)
+
+
+def insert_records_after(dmesg: str, marker: str, texts: tuple[str, ...], level: int = 4) -> str:
+    """Kernel records (as /dev/kmsg streams them) after the record holding `marker`; later
+    records are renumbered so the stream has no gap."""
+    lines = dmesg.rstrip("\n").split("\n")
+    index = next(i for i, line in enumerate(lines) if marker in line)
+    seq, usec = (int(x) for x in lines[index].split(",")[1:3])
+    new = [f"{level},{seq + 1 + k},{usec + 1 + k},-;{text}" for k, text in enumerate(texts)]
+    rest = []
+    for line in lines[index + 1:]:
+        prefix, old_seq, tail = line.split(",", 2)
+        rest.append(f"{prefix},{int(old_seq) + len(texts)},{tail}")
+    return "\n".join([*lines[: index + 1], *new, *rest]) + "\n"
+
+
+RUNTIME_2M_NODE1 = "runtime size_kb=2048 node=1 sysctl=1"
+RUNTIME_2M_NODE1_NAME = "2M/runtime/node1/hvo-on-sysctl"
+
+
+def test_the_recorded_boot_passes() -> None:
+    """The baseline every crafted fault below departs from."""
+    judgement = judged(recorded_riscv())
+    assert judgement.verdict == "pass", judgement.verdict_reason
+    assert not judgement.findings
+
+
+# Route 1: the pytest `boot` item passed every verdict but error or findings.
+
+
+def test_pytest_boot_item_fails_on_a_verdict_without_findings(pytester: pytest.Pytester) -> None:
+    # Every scenario reported, then the guest hung: verdict fail, no finding.
+    hung = judged(recorded_riscv(), GuestOutcome("timeout", "no end after 300 s", 5.0, 300.0, None))
+    assert hung.verdict == "fail" and not hung.findings
+    assert "then hung" in hung.verdict_reason
+    run = Run(arch="riscv64", kernel=None, accel=None, cmdline="", boot_seconds=5.0,  # type: ignore[arg-type]
+              verdict="fail", hvo=hung.hvo, findings=[], scenarios=hung.scenarios,
+              console_log="/nonexistent/riscv64.console.log", verdict_reason=hung.verdict_reason)
+    pytester.makeconftest(f"""
+import pickle
+from harness import pytest_plugin
+
+def pytest_collection_finish(session):
+    key = pytest_plugin.BootKey("riscv64", pytest_plugin.KernelSpec(), "on")
+    pytest_plugin.BOOTS._runs[key] = pickle.loads({__import__("pickle").dumps(run)!r})
+""")
+    result = pytester.runpytest("--hvo-arch", "riscv64", "--hvo-setting", "on", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=sum(s.status == "pass" for s in hung.scenarios),
+                           skipped=sum(s.status == "skip" for s in hung.scenarios))
+    result.stdout.fnmatch_lines(["*boot fail: the guest reported all its scenarios, then hung*"])
+
+
+# Route 2: the console obeys the log level; the /dev/kmsg stream does not.
+
+
+def hidden_warn(boot: Boot) -> Boot:
+    """A WARN during one run-time scenario that the console (loglevel=1) did not show."""
+    return replace(boot, dmesg=insert_records_after(boot.dmesg, f"scenario {RUNTIME_2M_NODE1}", WARN_LINES))
+
+
+def test_a_warn_the_console_hid_fails_its_scenario() -> None:
+    judgement = judged(hidden_warn(recorded_riscv()))
+    assert judgement.verdict == "fail"
+    assert [f.kind for f in judgement.findings] == ["warn"]
+    assert judgement.findings[0].function == "alloc_fresh_hugetlb_folio"
+    failed = [s.name for s in judgement.scenarios if s.status == "fail"]
+    assert failed == [RUNTIME_2M_NODE1_NAME], failed
+
+
+def test_a_warn_with_every_marker_hidden_from_the_console() -> None:
+    boot = hidden_warn(recorded_riscv())
+    # loglevel=1: the markers (KERN_WARNING from /dev/kmsg) are not on the console either.
+    boot.console = "\n".join(ln for ln in boot.console.split("\n") if "hvo-harness: scenario" not in ln)
+    assert failed_names(judged(boot)) == [RUNTIME_2M_NODE1_NAME]
+
+
+def failed_names(judgement: judge.Judgement) -> list[str]:
+    return [s.name for s in judgement.scenarios if s.status == "fail"]
+
+
+def test_a_taint_without_a_report_fails_its_scenario() -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, f"{RUNTIME_2M_NODE1} released", "tainted_after=0",
+                             "tainted_after=512")
+    judgement = judged(boot)
+    assert failed_names(judgement) == [RUNTIME_2M_NODE1_NAME]
+    assert "W (warning)" in scenario(judgement, RUNTIME_2M_NODE1_NAME).reason
+
+
+def test_a_taint_from_before_the_scenarios_fails_the_boot_time_pages() -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, "# hvo: env ", "tainted=0", "tainted=32")
+    judgement = judged(boot)
+    failed = failed_names(judgement)
+    assert failed and all("/boot/" in name for name in failed)
+    assert "B (bad page)" in scenario(judgement, failed[0]).reason
+
+
+# Route 3: an unmeasured saving passed.
+
+
+def test_an_unmeasured_saving_is_not_a_pass() -> None:
+    boot = recorded_riscv()
+    boot.results = re.sub(r"memmap_pages=\d+ memmap_boot_pages=\d+",
+                          "memmap_pages=absent memmap_boot_pages=absent", boot.results)
+    judgement = judged(boot)
+    assert not [s for s in judgement.scenarios if s.status == "pass"]
+
+
+def test_hvo_state_does_not_say_savings_were_claimed_when_none_were() -> None:
+    boot = recorded_riscv()
+    drop = "vmemmap can be freed"
+    boot.dmesg = "\n".join(ln for ln in boot.dmesg.split("\n") if drop not in ln)
+    boot.console = "\n".join(ln for ln in boot.console.split("\n") if drop not in ln)
+    assert "claimed" not in judged(boot).hvo.reason
+
+
+# Route 4: missing or garbled guest values counted as success.
+
+
+@pytest.mark.parametrize(("contains", "old", "new", "key"), [
+    ("boot size_kb=2048 node=0 touch_rc", "touch_rc=0 ", "", "touch_rc"),
+    (f"{RUNTIME_2M_NODE1} after", "write_rc=0", "write_rc=zero", "write_rc"),
+    (f"{RUNTIME_2M_NODE1} released", "release_rc=0", "release_rc=", "release_rc"),
+    (f"{RUNTIME_2M_NODE1} released", "nr=0 ", "", "nr"),
+])
+def test_a_missing_or_garbled_value_fails_naming_it(contains: str, old: str, new: str, key: str) -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, contains, old, new)
+    judgement = judged(boot)
+    failed = [s for s in judgement.scenarios if s.status == "fail"]
+    assert len(failed) == 1
+    assert failed[0].reason.startswith("guest report incomplete:") and key in failed[0].reason
+
+
+def recorded_loongarch() -> Boot:
+    return Boot((DATA / "loongarch64-7.2.13-framed-hvo-on.console.log").read_text(), "")
+
+
+def test_the_recorded_console_channel_boot_is_judged() -> None:
+    judgement = judged(recorded_loongarch(), profile=LOONGARCH, facts=LOONGARCH_FACTS)
+    assert judgement.verdict == "pass", judgement.verdict_reason
+    assert [s.status for s in judgement.scenarios if s.size == "32M"] == ["skip"] * 2
+
+
+def test_kernel_text_inside_a_console_results_line_is_never_read_as_a_value() -> None:
+    boot = recorded_loongarch()
+    # Kernel output cut into a framed results line on the shared console: its CRC fails.
+    boot.console = edit_line(boot.console, "boot size_kb=32768 node=0 touch_rc", "touch_rc=0",
+                             "touch_rc=[    2.5] x86/fpu: 0")
+    judgement = judged(boot, profile=LOONGARCH, facts=LOONGARCH_FACTS)
+    boot_32m = scenario(judgement, "32M/boot/node0/hvo-on-cmdline")
+    assert boot_32m.status == "fail" and "guest report incomplete" in boot_32m.reason
+    assert judgement.verdict == "fail"
+
+
+def test_a_console_results_line_with_a_forged_value_and_its_own_crc_is_read() -> None:
+    """The CRC check is not a blanket rejection: a line whose CRC matches is data."""
+    boot = recorded_loongarch()
+    line = "# hvo: boot size_kb=32768 node=0 allocated=1 free=1 mark_rc=0 tainted_before=0"
+    framed = f"hvo-result: {zlib.crc32(line.encode()):08x} {line}"
+    boot.console = re.sub(r"hvo-result: \w+ # hvo: boot size_kb=32768 node=0 allocated=2 .*", framed,
+                          boot.console)
+    judgement = judged(boot, profile=LOONGARCH, facts=LOONGARCH_FACTS)
+    assert "allocated 1 of 2" in scenario(judgement, "32M/boot/node0/hvo-on-cmdline").reason
+
+
+# Route 5: the release was not verified.
+
+
+@pytest.mark.parametrize(("contains", "old", "new"), [
+    ("boot size_kb=1048576 node=0 released", "nr=0 surplus=0", "nr=1 surplus=0"),
+    (f"{RUNTIME_2M_NODE1} released", "surplus=0", "surplus=2"),
+])
+def test_a_release_that_left_pages_fails(contains: str, old: str, new: str) -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, contains, old, new)
+    failed = [s for s in judged(boot).scenarios if s.status == "fail"]
+    assert len(failed) == 1 and "releasing left" in failed[0].reason
+
+
+# Route 6: boot-time scenarios touched only the free pages but said all were touched.
+
+
+def test_boot_time_pages_that_were_not_all_free_fail() -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, "boot size_kb=2048 node=0 allocated", "free=2", "free=1")
+    failed = [s for s in judged(boot).scenarios if s.status == "fail"]
+    assert [s.name for s in failed] == ["2M/boot/node0/hvo-on-cmdline"]
+
+
+def test_fewer_pages_touched_than_allocated_fails() -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, "boot size_kb=2048 node=0 touch_rc", "touched=2", "touched=1")
+    failed = [s for s in judged(boot).scenarios if s.status == "fail"]
+    assert [s.name for s in failed] == ["2M/boot/node0/hvo-on-cmdline"]
+    assert "touched 1 of the 2" in failed[0].reason
+
+
+# Route 8: attribution, nodes, sysctl.
+
+
+def test_a_runtime_warn_with_no_marker_at_all_fails_the_runtime_scenario() -> None:
+    boot = hidden_warn(recorded_riscv())
+    # No marker reached the log (a failed /dev/kmsg write): neither stream nor console has one.
+    boot.dmesg = "\n".join(ln for ln in boot.dmesg.split("\n") if "hvo-harness: scenario" not in ln)
+    boot.console = "\n".join(ln for ln in boot.console.split("\n") if "hvo-harness: scenario" not in ln)
+    judgement = judged(boot)
+    assert scenario(judgement, RUNTIME_2M_NODE1_NAME).status == "fail"
+
+
+def test_a_guest_that_sees_fewer_nodes_fails_the_missing_ones() -> None:
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, "# hvo: env ", "nodes=0,1", "nodes=0")
+    boot.results = "\n".join(ln for ln in boot.results.split("\n") if "node=1" not in ln)
+    judgement = judged(boot)
+    node1 = [s for s in judgement.scenarios if s.node == 1]
+    assert node1 and all(s.status == "fail" for s in node1)
+    assert "NUMA nodes 0" in node1[0].reason
+    assert judgement.verdict == "fail"
+
+
+def test_a_failed_sysctl_write_fails_that_pass() -> None:
+    boot = recorded_riscv()
+    # echo 0 > hugetlb_optimize_vmemmap failed: the sysctl still reads 1 in that pass.
+    boot.results = re.sub(r"(runtime size_kb=\d+ node=\d sysctl=0 before .*)sysctl_now=0 sysctl_rc=0",
+                          r"\1sysctl_now=1 sysctl_rc=1", boot.results)
+    boot.results = boot.results.replace("sysctl set=0 rc=0 now=0", "sysctl set=0 rc=1 now=1")
+    judgement = judged(boot)
+    failed = [s for s in judgement.scenarios if s.status == "fail"]
+    assert failed and all(s.hvo_via == "sysctl" and s.hvo == "off" for s in failed)
+    assert "writing 0 to /proc/sys/vm/hugetlb_optimize_vmemmap failed" in failed[0].reason
+
+
+# Route 9: QEMU's exit status.
+
+
+def test_a_kernel_that_resets_before_printing_is_a_fail_not_a_set_up_error() -> None:
+    outcome = GuestOutcome("exited", "QEMU exited with status 0 before the guest finished", None, 1.0, 0)
+    judgement = judged(Boot("", ""), outcome)
+    assert judgement.verdict == "fail"
+
+
+def test_qemu_refusing_to_start_is_a_set_up_error() -> None:
+    outcome = GuestOutcome("exited", "QEMU exited with status 1: qemu-system-riscv64: -foo: invalid option",
+                           None, 0.1, 1)
+    assert judged(Boot("qemu-system-riscv64: -foo: invalid option\n", ""), outcome).verdict == "error"
+
+
+# Route 10: KTAP not ok and the plan count.
+
+
+def test_ktap_not_ok_fails_the_scenario() -> None:
+    boot = recorded_riscv()
+    boot.results = boot.results.replace("\nok 8 runtime", "\nnot ok 8 runtime")
+    failed = [s for s in judged(boot).scenarios if s.status == "fail"]
+    assert [s.name for s in failed] == [RUNTIME_2M_NODE1_NAME]
+
+
+def test_a_ktap_plan_that_does_not_add_up_fails_the_boot() -> None:
+    boot = recorded_riscv()
+    boot.results = boot.results.replace("\n1..18\n", "\n1..19\n")
+    judgement = judged(boot)
+    assert judgement.verdict == "fail" and "plan" in judgement.verdict_reason
