@@ -133,6 +133,19 @@ def test_riscv_boot_time_hvo_warning_is_reported(debug_matrix: Results) -> None:
     assert not [f for f in off.findings if f.function == "vmemmap_remap_pte"]
 
 
+def test_riscv_boot_time_hvo_warning_survives_quiet(debug_matrix: Results, tmp_path: Path) -> None:
+    """`quiet` sets the console log level to 4, which hides KERN_WARNING: the WARN above is no
+    longer on the console, and the guest's /dev/kmsg stream still gives it to the judge."""
+    request = pipeline.MatrixRequest(profiles=[get_profile("riscv64")], hvo_settings=("on",),
+                                     append="quiet", build=pipeline.TreeBuild(variants=("debug",)))
+    (run,) = pipeline.run_matrix(request, tmp_path).runs
+    assert run.verdict == "fail", run.verdict_reason
+    where = {(f.function, f.file, f.line) for f in run.findings}
+    assert ("vmemmap_remap_pte", "mm/hugetlb_vmemmap.c", 223) in where
+    assert "WARNING: mm/hugetlb_vmemmap.c" not in Path(run.console_log).read_text()
+    assert all(s.status == "fail" for s in run.scenarios if s.mode == "boot")
+
+
 def test_x86_bad_page_state_on_releasing_boot_time_1g_page(debug_matrix: Results) -> None:
     """docs/findings.md #1 on the built debug kernel at the default 6 GiB nodes: releasing the
     boot-time 1G page of node 0 with HVO on gives `Bad page state`; HVO off does not."""
