@@ -15,9 +15,12 @@
  * from the host. A record overwritten before it was read (EPIPE) is reported as a line
  * "hvo-kmsg: lost", and reading goes on. With TAG (the console channel, where kernel output
  * can cut into a line) each line is framed as in `frame`.
- * frame: the host keeps only lines whose CRC-32 (IEEE, of the line without its newline)
- * matches, so kernel text that landed inside a line on a shared console drops that line
- * instead of changing its values.
+ * frame: each line is "TAG CRC32 SEQ line" (the CRC-32, IEEE, of "SEQ line"); the host keeps
+ * only lines whose CRC matches, so kernel text that landed inside a line on a shared console
+ * drops that line instead of changing its values. Kernel output comes at any time there (the
+ * console's printer can lag seconds behind under load), so both send everything twice: frame
+ * all lines again at the end of its input, kmsg all records again after its end record, once
+ * the guest is quiet; the host takes the first good copy of each line or record.
  */
 #include <linux/mman.h>
 #include <linux/mempolicy.h>
@@ -215,7 +218,20 @@ static void put_line(const char *tag, const char *line, unsigned long len)
 	write(1, out, n);
 }
 
+static int kmsg_pass(const char *tag);
+
 static int kmsg(const char *tag)
+{
+	int rc = kmsg_pass(tag);
+
+	if (rc == 0 && tag) {
+		sleep(1);
+		rc = kmsg_pass(tag);
+	}
+	return rc;
+}
+
+static int kmsg_pass(const char *tag)
 {
 	static char record[8192];
 	static const char end[] = ";hvo-harness: kmsg end";
@@ -245,29 +261,69 @@ static int kmsg(const char *tag)
 		put_line(tag, record, (unsigned long)got);
 		/* The guest's last record: everything before it has been sent. */
 		if (got >= (long)sizeof(end) - 1 &&
-		    !memcmp(record + got - (sizeof(end) - 1), end, sizeof(end) - 1))
+		    !memcmp(record + got - (sizeof(end) - 1), end, sizeof(end) - 1)) {
+			close(fd);
 			return 0;
+		}
 	}
+}
+
+/* "SEQ line" into out; its length. */
+static unsigned long numbered(char *out, unsigned long seq, const char *line, unsigned long len)
+{
+	char digits[24];
+	unsigned long n = 0, d = 0;
+
+	do {
+		digits[d++] = (char)('0' + seq % 10);
+		seq /= 10;
+	} while (seq);
+	while (d)
+		out[n++] = digits[--d];
+	out[n++] = ' ';
+	memcpy(out + n, line, len);
+	return n + len;
 }
 
 static int frame(const char *tag)
 {
-	static char buf[8192], line[8192];
-	unsigned long n = 0;
+	static char buf[8192], line[8192], kept[1 << 20];
+	unsigned long n = 0, seq = 0, used = 0, off, len;
 	long got, i;
+	char out[8192 + 32];
 
 	while ((got = read(0, buf, sizeof(buf))) > 0 || (got < 0 && errno == EINTR)) {
 		for (i = 0; i < got; i++) {
-			if (buf[i] == '\n') {
-				put_line(tag, line, n);
-				n = 0;
-			} else if (n < sizeof(line)) {
-				line[n++] = buf[i];
+			if (buf[i] != '\n') {
+				if (n < sizeof(line))
+					line[n++] = buf[i];
+				continue;
 			}
+			len = numbered(out, seq++, line, n);
+			put_line(tag, out, len);
+			/* Kept for the second copy: its length, then the numbered line. */
+			if (used + len + sizeof(len) <= sizeof(kept)) {
+				memcpy(kept + used, &len, sizeof(len));
+				memcpy(kept + used + sizeof(len), out, len);
+				used += sizeof(len) + len;
+			}
+			n = 0;
 		}
 	}
-	if (n)
-		put_line(tag, line, n);
+	if (n) {
+		len = numbered(out, seq++, line, n);
+		put_line(tag, out, len);
+		if (used + len + sizeof(len) <= sizeof(kept)) {
+			memcpy(kept + used, &len, sizeof(len));
+			memcpy(kept + used + sizeof(len), out, len);
+			used += sizeof(len) + len;
+		}
+	}
+	sleep(1);
+	for (off = 0; off < used; off += sizeof(len) + len) {
+		memcpy(&len, kept + off, sizeof(len));
+		put_line(tag, kept + off + sizeof(len), len);
+	}
 	return 0;
 }
 

@@ -51,7 +51,7 @@ else
 	sh "$dir/scenarios.sh" 2>&1 | hvoh frame hvo-result:
 fi
 echo "hvo-harness: kmsg end" > /dev/kmsg
-( sleep 5; kill $kmsg_pid 2>/dev/null ) &
+( sleep 10; kill $kmsg_pid 2>/dev/null ) &
 wait $kmsg_pid
 echo "hvo-init: done"
 # vng's init powers the guest off when this returns.

@@ -123,6 +123,21 @@ def framed_lines(text: str, tag: str) -> tuple[list[str], int]:
     return good, bad
 
 
+def numbered_lines(text: str, tag: str) -> tuple[list[str], list[int]]:
+    """The guest's framed, numbered lines ("SEQ line"), first good copy of each, in order, and
+    the numbers of those no good copy arrived for (`hvoh frame` sends each line twice)."""
+    payloads, _ = framed_lines(text, tag)
+    by_seq: dict[int, str] = {}
+    for payload in payloads:
+        number, _, line = payload.partition(" ")
+        if number.isdigit():
+            by_seq.setdefault(int(number), line)
+    if not by_seq:
+        return [], []
+    missing = [n for n in range(max(by_seq) + 1) if n not in by_seq]
+    return [by_seq[n] for n in sorted(by_seq)], missing
+
+
 def parse_stream(text: str, framed: bool) -> Stream:
     """Records from the dmesg port's file (framed False) or from the console (framed True)."""
     stream = Stream()

@@ -74,6 +74,9 @@ def prepare_kernel(profile: ArchProfile, kernel: str, config_path: Path | None =
         return PreparedKernel(image, info, kconfig.read(debian.config))
     path = Path(kernel).expanduser()
     image = images.prepare(path, profile)
+    if config_path is not None and not config_path.is_file():
+        raise HarnessError(f"--config {config_path}: no such file: give the kernel's .config, "
+                           "or omit --config (a .config next to the image is found by itself)")
     if config_path is None:
         sibling = path.parent / ".config"
         config_path = sibling if sibling.exists() else None
@@ -234,9 +237,11 @@ def boot(
             "guest_env": report.env,
             "seconds": round(outcome.seconds, 2),
             "results_channel": channel,
+            "results_garbled": report.garbled,
             "backend": backend,
             "kernel_log": {"path": str(kernel_log), **log.as_dict()},
-            "qemu_exit": {"status": outcome.exit_status, "signal": getattr(outcome, "exit_signal", None)},
+            "qemu_exit": {"status": outcome.exit_status, "signal": outcome.exit_signal,
+                          "console_bytes": outcome.console_bytes},
         },
     )
 
@@ -255,9 +260,9 @@ def read_results(port_text: str, console: str) -> tuple[protocol.GuestReport, st
     report = protocol.parse(port_text)
     if report.env or "hvo-init: error: no virtio-serial port" not in console:
         return report, "virtio-serial"
-    lines, garbled = kmsg.framed_lines(console, kmsg.RESULT_TAG)
+    lines, missing = kmsg.numbered_lines(console, kmsg.RESULT_TAG)
     report = protocol.parse("\n".join(lines))
-    report.garbled = garbled
+    report.garbled = len(missing)
     return report, "console (no virtio-serial port in the guest)"
 
 
@@ -278,6 +283,9 @@ def parse_hvo_settings(text: str, option: str) -> tuple[str, ...]:
     settings = tuple(s.strip() for s in text.split(",") if s.strip())
     if not settings or any(s not in ("on", "off") for s in settings):
         raise HarnessError(f"{option} {text!r}: give on, off or on,off")
+    if len(set(settings)) != len(settings):
+        # A setting twice would boot twice into the same logs, the second over the first.
+        raise HarnessError(f"{option} {text!r}: give each setting once: on, off or on,off")
     return settings
 
 
@@ -297,19 +305,54 @@ class MatrixRequest:
     # How guests boot: "qemu" or "vng" (vng.py; x86_64 kernels built from a tree only).
     backend: str = "qemu"
 
+    def boot_count(self) -> int:
+        """Boots the matrix makes: one per unit (an arch, or an arch and variant) and setting."""
+        if self.build is None:
+            units = len(self.profiles)
+        else:
+            units = sum(len(variant_names(profile, self.build)) for profile in self.profiles)
+        return units * len(self.hvo_settings)
+
+    def check(self) -> None:
+        """Every check of the request that needs no download, build or boot: the backend,
+        QEMU for each arch, and the kernels (check_kernels). run_matrix makes these first; a
+        caller may make them earlier, before it touches anything (the CLI's --out)."""
+        vng.check_backend(self.backend, self.profiles, self.build is not None)
+        for profile in self.profiles:
+            qemu.qemu_path(profile)
+        self.check_kernels()
+
+    def check_kernels(self) -> None:
+        """What can be known of the kernels without a download or a build: a kernel image's
+        path, format and arch (a stat and its headers), its --config; a tree's path, every
+        variant and toolchain. A mistyped path fails here in well under a second, where a
+        check after the downloads would first fetch linux-source on a cold cache."""
+        if self.build is not None:
+            if self.build.tree is not None:
+                trees.check_tree(self.build.tree)
+            for profile in self.profiles:
+                for name in variant_names(profile, self.build):
+                    kbuild.resolve_variant(profile, name, self.build.fragments)
+                kbuild.find_toolchain(profile, self.build.toolchain)
+            return
+        if self.kernel == "debian":
+            return
+        for profile in self.profiles:
+            images.check(Path(self.kernel).expanduser(), profile)
+        if self.config is not None and not self.config.is_file():
+            raise HarnessError(f"--config {self.config}: no such file: give the kernel's .config, "
+                               "or omit --config (a .config next to the image is found by itself)")
+
 
 def prepare_kernels(
     request: MatrixRequest, progress: Progress | None = None
 ) -> list[tuple[ArchProfile, PreparedKernel]]:
     """Every (arch, kernel) the matrix boots; builds run here, one at a time, before any boot."""
+    # Every path, variant and toolchain first: a typo or a missing compiler fails before any
+    # download or an hour of building.
+    request.check_kernels()
     if request.build is None:
         return [(p, prepare_kernel(p, request.kernel, request.config)) for p in request.profiles]
-    # Every variant and toolchain first: a bad name or a missing compiler fails before any
-    # download or an hour of building.
-    for profile in request.profiles:
-        for name in variant_names(profile, request.build):
-            kbuild.resolve_variant(profile, name, request.build.fragments)
-        kbuild.find_toolchain(profile, request.build.toolchain)
     source = resolve_source(request.build, progress)
     return [
         (profile, build_kernel(profile, request.build, name, source, progress))
@@ -321,15 +364,22 @@ def prepare_kernels(
 def run_matrix(
     request: MatrixRequest,
     out_dir: Path,
-    on_run: Callable[[Results], None] | None = None,
+    on_run: Callable[[Results, int], None] | None = None,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> Results:
     """Every arch x HVO setting; arches in parallel, each arch's boots in turn.
 
-    on_run gets the results so far after every boot (to save them: Ctrl-C keeps them)."""
-    vng.check_backend(request.backend, request.profiles, request.build is not None)
+    on_run(results, total) gets the results so far after every boot, and how many boots the
+    matrix makes in all: to save them (Ctrl-C keeps them) and say how far it got. The results
+    say it too: complete is False (partial_reason "run in progress: N of M boots done") until
+    every boot has run; the results returned are complete unless `stop` cut the matrix short.
+    An error in one arch (its set-up, its on_run) sets `stop`, which ends the others' guests."""
+    # Every check that needs no download, build or boot comes before all of them.
+    request.check()
+    total = request.boot_count()
     results = new_results()
+    results.complete, results.partial_reason = False, f"run in progress: 0 of {total} boots done"
     stop = stop or threading.Event()
     # The source tree (nolibc for the guest helper) is shared by all arches: fetch it once,
     # before the threads start.
@@ -339,6 +389,15 @@ def run_matrix(
     lock = threading.Lock()
 
     def one_unit(index: int) -> None:
+        try:
+            boot_unit(index)
+        except BaseException:
+            # Stop the other arches now: their results could not be saved (on_run failed) or
+            # the run ends with this error anyway, and the main thread waits for them in turn.
+            stop.set()
+            raise
+
+    def boot_unit(index: int) -> None:
         profile, kernel = units[index]
         env = prepare_environment(profile, request.want_kvm)
         for hvo in request.hvo_settings:
@@ -349,8 +408,9 @@ def run_matrix(
             with lock:
                 per_unit[index].append(run)
                 results.runs = [r for runs in per_unit for r in runs]
+                results.partial_reason = f"run in progress: {results.finished_boots()} of {total} boots done"
                 if on_run:
-                    on_run(results)
+                    on_run(results, total)
             if progress:
                 label = f"{profile.name} {kernel.variant}" if kernel.variant else profile.name
                 progress(f"{label} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
@@ -363,4 +423,7 @@ def run_matrix(
         except BaseException:
             stop.set()
             raise
+    done = results.finished_boots()
+    results.complete = done == total
+    results.partial_reason = None if results.complete else f"stopped after {done} of {total} boots"
     return results

@@ -51,7 +51,7 @@ class GuestReport:
     # KTAP result lines ("ok N ..." / "not ok N ..."), matched to a scenario or not.
     results: int = 0
     done: bool = False
-    # Framed lines (console channel) dropped because their CRC did not match.
+    # Lines of the console channel no good copy of arrived (both copies failed their CRC).
     garbled: int = 0
     # Lines that are neither KTAP nor data: a guest-side error (the shell's stderr) or noise.
     stray: list[str] = field(default_factory=list)

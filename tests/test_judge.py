@@ -216,23 +216,41 @@ def test_the_recorded_console_channel_boot_is_judged() -> None:
     assert [s.status for s in judgement.scenarios if s.size == "32M"] == ["skip"] * 2
 
 
-def test_kernel_text_inside_a_console_results_line_is_never_read_as_a_value() -> None:
+def corrupt_framed(console: str, contains: str, old: str, new: str, copies: int) -> str:
+    """Kernel output cut into the first `copies` framed copies of a results line."""
+    lines = console.split("\n")
+    hits = [i for i, line in enumerate(lines) if contains in line and line.startswith("hvo-result:")]
+    assert len(hits) == 2, hits  # the guest sends each line twice
+    for i in hits[:copies]:
+        lines[i] = lines[i].replace(old, new)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_kernel_text_inside_a_console_results_line_is_never_read_as_a_value(copies: int) -> None:
     boot = recorded_loongarch()
     # Kernel output cut into a framed results line on the shared console: its CRC fails.
-    boot.console = edit_line(boot.console, "boot size_kb=32768 node=0 touch_rc", "touch_rc=0",
-                             "touch_rc=[    2.5] x86/fpu: 0")
+    boot.console = corrupt_framed(boot.console, "boot size_kb=32768 node=0 touch_rc", "touch_rc=0",
+                                  "touch_rc=[    2.5] x86/fpu: 0", copies)
     judgement = judged(boot, profile=LOONGARCH, facts=LOONGARCH_FACTS)
     boot_32m = scenario(judgement, "32M/boot/node0/hvo-on-cmdline")
-    assert boot_32m.status == "fail" and "guest report incomplete" in boot_32m.reason
-    assert judgement.verdict == "fail"
+    if copies == 1:
+        # The second copy is read instead: the channel's own damage is not a kernel FAIL.
+        assert boot_32m.status == "skip" and judgement.verdict == "pass", boot_32m.reason
+    else:
+        assert boot_32m.status == "fail" and "guest report incomplete" in boot_32m.reason
+        assert judgement.verdict == "fail"
 
 
 def test_a_console_results_line_with_a_forged_value_and_its_own_crc_is_read() -> None:
     """The CRC check is not a blanket rejection: a line whose CRC matches is data."""
     boot = recorded_loongarch()
-    line = "# hvo: boot size_kb=32768 node=0 allocated=1 free=1 mark_rc=0 tainted_before=0"
-    framed = f"hvo-result: {zlib.crc32(line.encode()):08x} {line}"
-    boot.console = re.sub(r"hvo-result: \w+ # hvo: boot size_kb=32768 node=0 allocated=2 .*", framed,
+
+    def forge(match: re.Match[str]) -> str:
+        payload = f"{match[1]} # hvo: boot size_kb=32768 node=0 allocated=1 free=1 mark_rc=0 tainted_before=0"
+        return f"hvo-result: {zlib.crc32(payload.encode()):08x} {payload}"
+
+    boot.console = re.sub(r"hvo-result: \w+ (\d+) # hvo: boot size_kb=32768 node=0 allocated=2 .*", forge,
                           boot.console)
     judgement = judged(boot, profile=LOONGARCH, facts=LOONGARCH_FACTS)
     assert "allocated 1 of 2" in scenario(judgement, "32M/boot/node0/hvo-on-cmdline").reason
