@@ -7,10 +7,18 @@ comment above each regexp names the format strings and the files they come from.
 Tolerated around the kernel text: printk timestamps "[    1.234567] ", caller ids "[    T1] ",
 log levels "<4>" (dmesg -r), "dmesg -x" facility prefixes, CRLF and stray CR, ANSI escapes,
 NULs, and user output that shares a line with kernel text (markers are searched anywhere).
+A console line longer than a kernel record can be is cut to its head and tail (LINE_KEEP).
+
+Every regexp costs a bounded amount of work per character of the line on any input (random
+bytes, open terminal escapes, one marker repeated a million times): no unbounded ".*" between
+two parts of a pattern that is searched, since a search retries it from every occurrence of
+the first part, each time over the rest of the line; such gaps are bounded by what the kernel
+can print there, or the second part is searched for in code.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +33,16 @@ ABSORB_WINDOW = 40  # lines after "kernel BUG at"/a fault line in which the Oops
 CUT_LOOKBACK = 10  # lines before a header searched for "cut here" (WARN(cond, fmt) text between)
 SCAN_LIMIT = 400  # lines after a header searched for "---[ end trace"
 NO_TRACE_LINES = 20  # lines kept after a header when no end marker and no call trace follow
+# A one-line complaint (an unwinder's WARNING, a list corruption) keeps a call trace only when
+# one starts within this many lines after it (dump_stack()'s "CPU:" and "Hardware name:" first).
+NOTE_TRACE_LOOKAHEAD = 4
+# Lines from "invoked oom-killer" to its "Out of memory: Killed process": dump_header() prints
+# show_mem() and then one line per task (dump_tasks()) between them.
+OOM_REPORT_LINES = 5000
+# kernel/printk/internal.h PRINTK_MESSAGE_MAX: a kernel record on the console (prefix and text)
+# is at most 2048 characters. A longer console line holds user output (no newline for MBs) and
+# at most a record at each end: the first and last LINE_KEEP characters are kept.
+LINE_KEEP = 2048
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,13 +141,32 @@ class _Line:
     msg: str  # the kernel's text: prefixes and anything before a mid-line time stamp dropped
 
 
+# A line is cut only when the note saying so is shorter than what it replaces.
+_CUT_ABOVE = 2 * LINE_KEEP + 64
+
+
+def _cut(raw: str) -> str:
+    """A line of at most 2 * LINE_KEEP characters and a note saying how many were cut between.
+
+    Every record the kernel prints ends in a newline, so on a console line of user output (a
+    program writing MBs without one) a whole kernel record can only end the line, and one the
+    user output broke into can start it; the middle is user output, unless user output broke
+    into a record there too."""
+    cut = len(raw) - 2 * LINE_KEEP
+    return f"{raw[:LINE_KEEP]} [... {cut} characters cut ...] {raw[-LINE_KEEP:]}"
+
+
 def _split(text: str) -> list[_Line]:
-    """Console lines, cleaned. Empty lines are dropped: serial consoles end lines with "\r\r\n",
-    which universal-newline reading (open(), Path.read_text()) turns into a blank line after
-    every line, and an empty kernel line carries nothing."""
+    """Console lines, cleaned and cut to a bounded length (_cut). Empty lines are dropped: serial
+    consoles end lines with "\r\r\n", which universal-newline reading (open(),
+    Path.read_text()) turns into a blank line after every line, and an empty kernel line carries
+    nothing."""
     out: list[_Line] = []
     for piece in text.split("\n"):
+        # Cleaning is one linear pass; cutting after it keeps the text around escape sequences.
         raw = _CTRL_RE.sub("", _ANSI_RE.sub("", piece.replace("\r", ""))).rstrip()
+        if len(raw) > _CUT_ABOVE:
+            raw = _cut(raw)
         m = _STAMP_RE.search(raw)
         msg = raw[m.end() :] if m else raw
         msg = _LEAD_RE.sub("", msg, count=1)
@@ -144,7 +181,12 @@ def _split(text: str) -> list[_Line]:
 
 # %pS: "sparse_init+0x5c/0x2d0", "func+0x1/0x2 [module]", "func+0x1/0x2 [module <build-id>]";
 # %pB is the same shape. Optimised clones keep their suffix: "foo.isra.0+0x..", "foo.cold+0x..".
-_SYM = r"(?P<sym>[A-Za-z_.$][\w.$]*)\+0x[0-9a-fA-F]+(?:/0x[0-9a-fA-F]+)?(?:\s+\[[^\]]*\])?"
+# A symbol starts where a word starts: searched without that, a long word is scanned again from
+# each of its characters. Module name and build id together are well under 128 characters.
+_SYM = (
+    r"(?<![\w.$])(?P<sym>[A-Za-z_.$][\w.$]*)\+0x[0-9a-fA-F]+(?:/0x[0-9a-fA-F]+)?"
+    r"(?:\s+\[[^\]]{1,128}\])?"
+)
 _SYM_RE = re.compile(_SYM)
 _BARE_FUNC_RE = re.compile(r"^(?P<func>[A-Za-z_][\w.]*)(?:\(\))?(?:[\s,]|$)")
 
@@ -195,14 +237,19 @@ def _first_function(text: str) -> str | None:
 _FILE = r"(?P<file>[\w./+-]+\.\w+):(?P<line>\d+)"
 # riscv and LoongArch with CONFIG_DEBUG_BUGVERBOSE_DETAILED store WARN_CONDITION_STR(cond_str)
 # __FILE__ as the bug entry's file: "[!IS_ALIGNED(...)] mm/sparse.c" ("[] mm/sparse.c" for BUG()).
-_COND = r"(?:\[.*\] )?"
+# The condition is the macro argument's text; 1024 characters is far more than any has.
+_COND = r"(?:\[.{0,1024}\] )?"
 
-_CUT_RE = re.compile(r"-+\[ cut here \]-+")  # include/asm-generic/bug.h CUT_HERE
+# include/asm-generic/bug.h CUT_HERE; one dash each side is enough ("-+" rescans a long rule).
+_CUT_RE = re.compile(r"-\[ cut here \]-")
 _END_TRACE_RE = re.compile(r"---\[ end trace\b")  # kernel/panic.c print_oops_end_marker
 _SEP_RE = re.compile(r"^\s*={20,}\s*$")  # KASAN/KFENCE/old UBSAN/lockdep separators
 # kernel/panic.c panic(): "Kernel panic - not syncing: %s" and, at the end,
 # "---[ end Kernel panic - not syncing: %s ]---"
-_END_PANIC_RE = re.compile(r"---\[ end Kernel panic - not syncing: ?(?P<reason>.*?)\s*\]---")
+# (the reason is vsnprintf()ed into a 1024-byte buffer; it may hold "]", as in "[module]")
+_END_PANIC_RE = re.compile(
+    r"---\[ end Kernel panic - not syncing: ?(?P<reason>(?:[^\]]|\](?!---)){0,1024})\]---"
+)
 _PANIC_RE = re.compile(r"Kernel panic - not syncing: ?(?P<reason>.*)")
 
 # kernel/panic.c __warn():
@@ -220,8 +267,9 @@ _WHERE_OLD_RE = re.compile(r"^(?:" + _COND + _FILE + r"\s+)?(?P<rest>.*)")
 # old powerpc xmon "kernel BUG in %s at %s:%d!"
 _BUG_AT_RE = re.compile(r"kernel BUG at " + _COND + _FILE + r"!")
 _BUG_IN_AT_RE = re.compile(r"kernel BUG in (?P<func>[\w.]+) at " + _FILE + r"!")
+# (%pB is a symbol, offsets and "[module]": 600 characters bound it with room to spare)
 _BUG_NOVERBOSE_RE = re.compile(
-    r"[Kk]ernel BUG at (?P<rest>.*?)\s*\[verbose debug info unavailable\]"
+    r"[Kk]ernel BUG at (?P<rest>.{0,600}?)\s*\[verbose debug info unavailable\]"
 )
 
 # mm/kasan/report.c "BUG: KASAN: %s in %pS" (4.x: "BUG: KASAN: %s on address %p");
@@ -239,8 +287,9 @@ _X86_FAULT_RE = re.compile(
 )
 # arm/arm64 die_kernel_fault() and riscv die_kernel_fault(): "Unable to handle kernel %s at
 # virtual address %016lx"; LoongArch no_context(): "CPU %d Unable to handle kernel paging request
-# at virtual address %0*lx, era == %0*lx, ra == %0*lx".
-_VA_FAULT_RE = re.compile(r"Unable to handle kernel (?P<what>.+?) at virtual address\b")
+# at virtual address %0*lx, era == %0*lx, ra == %0*lx". (%s is a few words: "paging request",
+# "execute from non-executable memory", ...)
+_VA_FAULT_RE = re.compile(r"Unable to handle kernel (?P<what>.{1,100}?) at virtual address\b")
 # arch/x86/kernel/traps.c: "PANIC: double fault, error_code: 0x%lx" then die("double fault");
 # "BUG: %s stack guard page was hit at %px (stack is %px..%px)" (%s: "TASK", "IRQ", ...; before
 # 5.x without it) then die("stack guard page").
@@ -260,27 +309,92 @@ _STALL_RES = (
     re.compile(r"INFO: \S+ (?:self-)?detected (?:expedited )?stalls?\b"),
 )
 # kernel/hung_task.c: "INFO: task %s:%d blocked%s for more than %ld seconds." (%s: "" or
-# " in I/O wait"; before 6.x "INFO: task %s:%d blocked for more than %ld seconds.")
-_HUNG_RE = re.compile(r"INFO: task .+:\d+ blocked(?: [\w/ ]+?)? for more than \d+ seconds")
+# " in I/O wait"; before 6.x "INFO: task %s:%d blocked for more than %ld seconds."). The comm
+# is at most TASK_COMM_LEN (16) bytes; 64 allows for a longer one in some later kernel.
+_HUNG_RE = re.compile(
+    r"INFO: task .{1,64}?:\d+ blocked(?: [\w/ ]{1,32}?)? for more than \d+ seconds"
+)
 # kernel/sched/core.c __might_resched(): "BUG: sleeping function called from invalid context at
 # %s:%d"; __schedule_bug(): "BUG: scheduling while atomic: %s/%d/0x%08x".
 _SLEEPING_RE = re.compile(r"BUG: sleeping function called from invalid context at " + _FILE)
 # mm/page_alloc.c bad_page(): "BUG: Bad page state in process %s  pfn:%05lx" and
 # "BUG: Bad page state: %lu messages suppressed"; mm/memory.c "BUG: Bad page map in process ...".
-_SUPPRESSED_RE = re.compile(r"\bBUG: .*\d+ messages suppressed")
+# The "suppressed" line counts reports already made: searched after "BUG: " in code, as one
+# pattern "BUG: .*suppressed" would rescan the line from every "BUG: " on it.
+_BUG_COLON_RE = re.compile(r"\bBUG: ")
+_SUPPRESSED_RE = re.compile(r"\d+ messages suppressed")
 _BUG_GENERIC_RE = re.compile(r"\bBUG: \S")
 # mm/slub.c slab_bug(): "BUG %s (%s): %pV", e.g. "BUG kmalloc-64 (Not tainted): Object already free"
-_SLUB_RE = re.compile(r"\bBUG [\w.:-]+ \((?:Not tainted|Tainted: [^)]*)\): ")
+# (print_tainted()'s flags are under 40 characters)
+_SLUB_RE = re.compile(r"\bBUG [\w.:-]+ \((?:Not tainted|Tainted: [^)]{0,80})\): ")
 # lib/ubsan.c: "UBSAN: %s in %s:%d:%d"; before 5.10 "UBSAN: Undefined behaviour in %s:%d:%d".
-_UBSAN_RE = re.compile(r"UBSAN: (?P<what>.+?) in " + _FILE)
-# kernel/locking/lockdep.c and friends print "WARNING: <what>" between "=====" lines.
+# (%s is ubsan_prologue()'s reason: "array-index-out-of-bounds", "shift-out-of-bounds", ...)
+_UBSAN_RE = re.compile(r"UBSAN: (?P<what>.{1,80}?) in " + _FILE)
+# kernel/locking/lockdep.c and friends print "WARNING: <what>" between "=====" lines; all of
+# 7.2's are here ("%s/%d still has locks held!" is comm/pid), and 5.x's "lock held at task exit".
 _LOCKDEP_RE = re.compile(
     r"WARNING: (?:possible circular locking dependency detected"
     r"|possible recursive locking detected|inconsistent lock state"
     r"|possible irq lock inversion dependency detected|suspicious RCU usage"
     r"|bad unlock balance detected!|held lock freed!|lock held when returning to user space!"
-    r"|\S+-safe -> \S+-unsafe lock order detected|.+ still has locks held!"
-    r"|Nested lock was not taken|lock held at task exit time!)"
+    r"|\S+-safe -> \S+-unsafe lock order detected|.{1,80}? still has locks held!"
+    r"|Nested lock was not taken|lock held at task exit time!|chain_key collision"
+    r"|bad contention detected!)"
+)
+
+# Any other "WARNING: <text>" the kernel prints (checked after __warn's headers and lockdep's):
+# arch/x86/kernel/dumpstack_64.c (and _32.c) "WARNING: stack recursion on stack type %d";
+# arch/x86/kernel/unwind_orc.c (and arch/loongarch's) orc_warn() = "WARNING: " fmt, e.g.
+# "WARNING: can't access registers at %pB", "WARNING: WARNING: bad lookup idx: ... ip=%pB",
+# "WARNING: Corrupt .orc_unwind table.  Disabling unwinder."; arch/x86/kernel/unwind_frame.c
+# "WARNING: kernel stack frame pointer at %p in %s:%d has bad value %p"; kernel/workqueue.c
+# "WARNING: Flushing system-wide workqueues will be prohibited in near future." (dump_stack()
+# after it); and WARN()'s own text when it says "WARNING:", which is part of that WARN.
+_WARN_TEXT_RE = re.compile(r"\bWARNING: (?P<text>\S.*)")
+# Not kernel complaints: arch/x86/kernel/cpu/bugs.c's advice on the CPU, its microcode and the
+# mitigations chosen ("Speculative Return Stack Overflow: WARNING: See https://kernel.org/...",
+# "RETBleed: WARNING: Spectre v2 mitigation leaves CPU vulnerable to RETBleed attacks, ..."),
+# printed by ordinary boots on the host CPU under KVM, each after its section's pr_fmt (all of
+# 7.2's sections are named); arch/arm64/kernel/proton-pack.c "WARNING: Unprivileged eBPF is
+# enabled, data leaks possible ..."; drivers/firmware/efi/libstub efi_warn(), "EFI stub:
+# WARNING: Failed to measure data for event %d: 0x%lx" and the like, printed to the firmware's
+# console about the firmware before the kernel runs; and the init of `run --backend vng`, which
+# writes its own "virtme-ng-init: WARNING: failed to run: ..." (or virtme-init's) to the log.
+_NOT_A_COMPLAINT_RE = re.compile(
+    r"(?:\b(?:mitigations|MDS|TAA|MMIO Stale Data|Register File Data Sampling|SRBDS|GDS|L1TF"
+    r"|RETBleed|ITS|Transient Scheduler Attacks|Speculative Store Bypass|Speculation prctl"
+    r"|Speculative Return Stack Overflow|VMSCAPE|EFI stub|virtme-init|virtme-ng-init)"
+    r"|\bSpectre V[12] |\bL1D Flush ): WARNING: |\bWARNING: Unprivileged eBPF is enabled\b"
+)
+# include/linux/debug_locks.h DEBUG_LOCKS_WARN_ON(c): WARN(1, "DEBUG_LOCKS_WARN_ON(%s)", #c).
+_DEBUG_LOCKS_RE = re.compile(r"\bDEBUG_LOCKS_WARN_ON\(")
+# lib/list_debug.c through CHECK_DATA_CORRUPTION() (include/linux/bug.h), which prints its text
+# with WARN(1, ...) or, with CONFIG_BUG_ON_DATA_CORRUPTION, with pr_err() before BUG():
+# "list_add corruption. prev is NULL.", "list_add corruption. next->prev should be prev (%px),
+# but was %px. (next=%px).", "list_add double add: new=%px, prev=%px, next=%px.",
+# "list_del corruption, %px->next is NULL", "list_del corruption, %px->next is LIST_POISON1 (%px)",
+# "list_del corruption. prev->next should be %px, but was %px. (prev=%px)".
+_LIST_CORRUPTION_RE = re.compile(r"\blist_(?:add|del) corruption[.,] |\blist_add double add: ")
+
+# mm/page_alloc.c warn_alloc(): "%s: %pV, mode:%#x(%pGg), nodemask=%*pbl" (+ cpuset, mems) and
+# then dump_stack() and show_mem(), from __alloc_pages_slowpath() "page allocation failure:
+# order:%u", mm/sparse-vmemmap.c "vmemmap alloc failure: order:%u" and mm/vmalloc.c "vmalloc
+# error: size %lu, ..."; 2.6 "page allocation failure. order:%d", 4.x "vmalloc: allocation
+# failure: %lu bytes".
+_ALLOC_FAILURE_RE = re.compile(
+    r": (?:page allocation failure[.:] order:\d|vmemmap alloc failure: order:\d"
+    r"|vmalloc error: size \d|vmalloc: allocation failure)"
+)
+# mm/oom_kill.c dump_header(): "%s invoked oom-killer: gfp_mask=%#x(%pGg), order=%d,
+# oom_score_adj=%d" (3.x/4.x the same up to "gfp_mask="), then dump_stack(), show_mem() and
+# dump_tasks(); then __oom_kill_process() "%s: Killed process %d (%s) total-vm:..." (%s: "Out
+# of memory", "Memory cgroup out of memory", "Out of memory (oom_kill_allocating_task)"; 4.x
+# first "Out of memory: Kill process %d (%s) score %u or sacrifice child"), or out_of_memory()
+# "Out of memory and no killable processes...". The closing line joins the report before it.
+_OOM_RE = re.compile(r"\binvoked oom-killer: gfp_mask=")
+_OOM_VERDICT_RE = re.compile(
+    r"\b(?:Out of memory(?: \([\w ]{1,40}\))?|Memory cgroup out of memory): Kill(?:ed)? process \d"
+    r"|\bOut of memory and no killable processes\b"
 )
 
 # Die headers, all ending in "[#N]":
@@ -310,14 +424,20 @@ _TASK_END_RE = re.compile(r"</TASK>")
 
 # Cheap pre-filter: a line with none of these is no marker at all.
 _ANY_RE = re.compile(
-    r"BUG|WARNING|Oops|\[#\d|Kernel panic|cut here|end trace|Unable to handle|INFO: |UBSAN"
-    r"|LOCKUP|PANIC|Internal error"
+    r"BUG|WARN|Oops|\[#\d|Kernel panic|cut here|end trace|Unable to handle|INFO: |UBSAN"
+    r"|LOCKUP|PANIC|Internal error|list_(?:add|del) |alloc(?:ation)? failure|vmalloc error"
+    r"|oom-killer|ut of memory"
 )
 
 
 @dataclass
 class _Hit:
-    role: str  # "event" | "pre" | "die" | "end" | "cut" | "panic-end"
+    # "event" | "pre" | "die" | "end" | "cut" | "panic-end", or
+    # "note": a complaint a WARN/BUG report may carry (WARN()'s text, CHECK_DATA_CORRUPTION()'s
+    #   message before its BUG(), an unwinder's warning while a trace is dumped): a finding of
+    #   its own only where no report takes it in (_take_in());
+    # "verdict": the OOM killer's closing line, which joins the "invoked oom-killer" before it.
+    role: str
     kind: str = ""
     function: str | None = None
     file: str | None = None
@@ -340,9 +460,11 @@ def _where(text: str) -> tuple[str | None, int | None, str | None]:
 def _classify(msg: str) -> _Hit | None:
     if not _ANY_RE.search(msg):
         return None
-    m = _END_PANIC_RE.search(msg)
+    # Each of these two regexps scans up to 1024 characters after its first words: a line
+    # without the closing text (most lines that hold the first words, in garbage) skips it.
+    m = _END_PANIC_RE.search(msg) if "]---" in msg else None
     if m:
-        return _Hit("panic-end", "panic", reason=m["reason"])
+        return _Hit("panic-end", "panic", reason=m["reason"].strip())
     m = _PANIC_RE.search(msg)
     if m:
         reason = m["reason"].strip()
@@ -364,7 +486,7 @@ def _classify(msg: str) -> _Hit | None:
     m = _BUG_AT_RE.search(msg)
     if m:
         return _Hit("pre", "bug", file=m["file"], line=int(m["line"]), trap=True)
-    m = _BUG_NOVERBOSE_RE.search(msg)
+    m = _BUG_NOVERBOSE_RE.search(msg) if "[verbose debug info unavailable]" in msg else None
     if m:
         return _Hit("pre", "bug", function=_first_function(m["rest"]), trap=True)
     m = _SANITIZER_RE.search(msg)
@@ -392,7 +514,8 @@ def _classify(msg: str) -> _Hit | None:
     m = _SLEEPING_RE.search(msg)
     if m:
         return _Hit("event", "bug", file=m["file"], line=int(m["line"]))
-    if _SUPPRESSED_RE.search(msg):
+    m = _BUG_COLON_RE.search(msg)
+    if m and _SUPPRESSED_RE.search(msg, m.end()):
         return None
     if _BUG_GENERIC_RE.search(msg) or _SLUB_RE.search(msg):
         return _Hit("event", "bug")
@@ -401,6 +524,20 @@ def _classify(msg: str) -> _Hit | None:
         return _Hit("event", "ubsan", file=m["file"], line=int(m["line"]), separated=True)
     if _LOCKDEP_RE.search(msg):
         return _Hit("event", "lockdep")
+    if _ALLOC_FAILURE_RE.search(msg):
+        return _Hit("event", "alloc-failure")
+    if _OOM_RE.search(msg):
+        return _Hit("event", "oom")
+    if _OOM_VERDICT_RE.search(msg):
+        return _Hit("verdict", "oom")
+    if _LIST_CORRUPTION_RE.search(msg):
+        return _Hit("note", "list-corruption")
+    if _DEBUG_LOCKS_RE.search(msg):
+        return _Hit("note", "warn")
+    m = _WARN_TEXT_RE.search(msg)
+    if m and not _NOT_A_COMPLAINT_RE.search(msg):
+        # Only a symbol (%pB) names a function here: the first word of the text is none.
+        return _Hit("note", "warn", function=_sym_or_none(m["text"]))
     return None
 
 
@@ -426,6 +563,9 @@ class _Event:
     trap: bool = False
     needs_pc: bool = False  # take the function from the RIP/epc/ERA/pc line after the header
     die: int | None = None  # the Oops header this event raised, when it is a separate line
+    short: bool = False  # a one-line complaint (a note on its own): a trace right after, or none
+    lead: int | None = None  # a note printed just before the report, which it starts with
+    verdict: int | None = None  # the OOM killer's closing line, when after the block
     start: int = 0
     end: int = 0
 
@@ -444,8 +584,8 @@ def _events(lines: list[_Line]) -> tuple[list[_Event], dict[int, _Hit]]:
     pre_open: _Event | None = None  # a "kernel BUG at"/fault event still waiting for its Oops
     last_panic: str | None = None
     for i, hit in hits.items():
-        if hit.role in ("end", "cut"):
-            continue
+        if hit.role in ("end", "cut", "note", "verdict"):
+            continue  # notes and verdicts: _take_in(), once the reports' blocks are known
         if hit.role == "die":
             if pre_open is not None and i - pre_open.header <= ABSORB_WINDOW:
                 # "kernel BUG at ..."/a fault line and the Oops header it causes: one event.
@@ -477,8 +617,10 @@ def _events(lines: list[_Line]) -> tuple[list[_Event], dict[int, _Hit]]:
 
 
 def _is_marker(hits: dict[int, _Hit], j: int) -> bool:
+    """A line that is a report's own header or end: a note is none (it can sit between a WARN's
+    "cut here" and its header)."""
     hit = hits.get(j)
-    return hit is not None and hit.role != "cut"
+    return hit is not None and hit.role not in ("cut", "note", "verdict")
 
 
 def _find_start(ev: _Event, lines: list[_Line], hits: dict[int, _Hit], floor: int) -> int:
@@ -498,11 +640,26 @@ def _find_start(ev: _Event, lines: list[_Line], hits: dict[int, _Hit], floor: in
     return ev.header
 
 
+def _trace_end(lines: list[_Line], j: int, limit: int) -> int:
+    """The last line of the call trace whose "Call Trace:" line is j."""
+    last = j
+    for k in range(j + 1, limit):
+        if not _FRAME_RE.search(lines[k].msg):
+            break
+        last = k
+    return last
+
+
 def _find_end(ev: _Event, lines: list[_Line], hits: dict[int, _Hit], limit: int) -> int:
     if ev.kind == "panic":
         return ev.header
     first = (ev.die if ev.die is not None else ev.header) + 1
     limit = min(limit, ev.header + SCAN_LIMIT)
+    if ev.short:
+        for j in range(first, min(limit, first + NOTE_TRACE_LOOKAHEAD)):
+            if _CALL_TRACE_RE.search(lines[j].msg):
+                return _trace_end(lines, j, limit)
+        return ev.header
     for j in range(first, limit):
         hit = hits.get(j)
         if hit is not None and hit.role == "end":
@@ -560,13 +717,14 @@ def _check(ev: _Event, function: str | None, block: list[_Line]) -> str | None:
     return None
 
 
-def _findings(lines: list[_Line]) -> list[Finding]:
-    events, hits = _events(lines)
+def _bound(events: list[_Event], lines: list[_Line], hits: dict[int, _Hit]) -> None:
+    """Each event's block: start and end."""
     floor = 0
     for ev in events:
         ev.start = _find_start(ev, lines, hits, floor)
+        if ev.lead is not None:
+            ev.start = min(ev.start, ev.lead)
         floor = ev.header + 1
-    findings: list[Finding] = []
     for k, ev in enumerate(events):
         if k + 1 < len(events):
             nxt = events[k + 1]
@@ -576,11 +734,78 @@ def _findings(lines: list[_Line]) -> list[Finding]:
             limit = len(lines)
         limit = max(limit, ev.header + 1)
         ev.end = _find_end(ev, lines, hits, limit)
+
+
+def _take_in(events: list[_Event], hits: dict[int, _Hit]) -> list[_Event]:
+    """Give each note and OOM verdict to the report it belongs to; those no report takes in are
+    returned as events of their own (and become markers in hits).
+
+    A note belongs to a report whose block holds it (for a panic, from its own line on: the
+    lines before are context, not the panic's), and a list corruption message also to a BUG
+    trap that starts within CUT_LOOKBACK lines after it with no other marker between
+    (CHECK_DATA_CORRUPTION() with CONFIG_BUG_ON_DATA_CORRUPTION: pr_err(), then BUG()'s "cut
+    here" and "kernel BUG at lib/list_debug.c"). A verdict belongs to the last "invoked
+    oom-killer" report before it that has none yet, within OOM_REPORT_LINES.
+
+    Blocks are in console order and do not overlap (a block ends before the next one starts,
+    or before the next panic's own line), so the one block that can hold a line is found by
+    bisection: a console of many reports and notes costs no more than one pass over them."""
+    own: list[_Event] = []
+    starts = [ev.start for ev in events]
+    covers = [ev.header if ev.kind == "panic" else ev.start for ev in events]
+    ooms = [ev for ev in events if ev.kind == "oom"]
+    oom_headers = [ev.header for ev in ooms]
+    for i, hit in hits.items():
+        if hit.role == "verdict":
+            k = bisect.bisect_left(oom_headers, i) - 1
+            oom = ooms[k] if k >= 0 else None
+            if oom is not None and oom.verdict is None and i - oom.header <= OOM_REPORT_LINES:
+                oom.verdict = i
+                continue
+        elif hit.role == "note":
+            k = bisect.bisect_right(covers, i) - 1
+            if k >= 0 and i <= events[k].end:
+                continue
+            k = bisect.bisect_right(starts, i)
+            nxt = events[k] if k < len(events) else None
+            if (
+                hit.kind == "list-corruption"
+                and nxt is not None
+                and nxt.trap
+                and nxt.kind == "bug"
+                and nxt.start - i <= CUT_LOOKBACK
+                and not any(_is_marker(hits, j) for j in range(i + 1, nxt.start))
+            ):
+                nxt.lead = i if nxt.lead is None else min(nxt.lead, i)
+                continue
+        else:
+            continue
+        own.append(_Event(hit.kind, i, function=hit.function, short=True))
+    for ev in own:
+        hits[ev.header] = _Hit("event", ev.kind, function=ev.function)
+    return own
+
+
+def _findings(lines: list[_Line]) -> list[Finding]:
+    events, hits = _events(lines)
+    _bound(events, lines, hits)
+    own = _take_in(events, hits)
+    if own or any(ev.lead is not None for ev in events):
+        # Blocks again, for the notes that are findings of their own and for a BUG that starts
+        # at the corruption message it took in; no other block changes, as none held a note.
+        events = sorted(events + own, key=lambda ev: ev.header)
+        _bound(events, lines, hits)
+    findings: list[Finding] = []
+    for ev in events:
         block = lines[ev.start : ev.end + 1]
         function = ev.function
         if function is None and ev.needs_pc:
             function = _pc_function(lines, ev.header + 1, ev.end + 1)
-        excerpt = "\n".join(ln.raw for ln in block[:EXCERPT_MAX_LINES])
+        shown = block[:EXCERPT_MAX_LINES]
+        if ev.verdict is not None and ev.verdict > ev.end:
+            # The OOM report's trace, then the line saying what was killed (or that nothing was).
+            shown = [*block[: EXCERPT_MAX_LINES - 1], lines[ev.verdict]]
+        excerpt = "\n".join(ln.raw for ln in shown)
         findings.append(
             Finding(
                 kind=ev.kind,
@@ -639,11 +864,21 @@ _ALLOC_FAIL_RE = re.compile(
     r"^HugeTLB: allocating \d+ of page size (?P<size>.+?) failed(?: node ?(?P<node>\d+))?\."
 )
 # Other wordings of a failed allocation or reservation, e.g. "hugetlb_cma: reservation failed:
-# err %d, node %d", "HugeTLB: unable to allocate vma specific lock".
+# err %d, node %d", "HugeTLB: unable to allocate vma specific lock"; or "allocat..." with
+# "failed" anywhere after it (_allocation_failed(): in code, so no ".*" rescans the line).
 _ALLOC_OTHER_RE = re.compile(
-    r"(?i)\b(?:unable to allocate|failed to allocate|allocation failed|allocat\w* .*\bfailed"
-    r"|reservation failed)"
+    r"(?i)\b(?:unable to allocate|failed to allocate|allocation failed|reservation failed)"
 )
+_ALLOCAT_RE = re.compile(r"(?i)\ballocat\w* ")
+_FAILED_RE = re.compile(r"(?i)\bfailed")
+
+
+def _allocation_failed(text: str) -> bool:
+    if _ALLOC_OTHER_RE.search(text):
+        return True
+    m = _ALLOCAT_RE.search(text)
+    return m is not None and _FAILED_RE.search(text, m.end()) is not None
+
 _ANY_SIZE_RE = re.compile(
     r"\bpage size (?P<a>\d+(?:\.\d+)? ?[KMGT]i?B)\b|\bhugepages-(?P<b>\d+kB)\b"
     r"|\bhugepagesz=(?P<c>\S+)"
@@ -677,7 +912,7 @@ def _hugetlb(lines: list[_Line]) -> HugeTLBReport:
         elif m := _ALLOC_FAIL_RE.match(text):
             node = int(m["node"]) if m["node"] is not None else None
             rep.allocation_failures.append({"line": text, "size": _label(m["size"]), "node": node})
-        elif _ALLOC_OTHER_RE.search(text):
+        elif _allocation_failed(text):
             sm = _ANY_SIZE_RE.search(text)
             size = _label(sm["a"] or sm["b"] or sm["c"]) if sm else None
             nm = _ANY_NODE_RE.search(text)

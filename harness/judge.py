@@ -21,7 +21,8 @@ from harness.protocol import GuestReport, GuestScenario
 from harness.results import Finding, Hvo, Scenario, summarize
 
 # The guest writes this to /dev/kmsg as each scenario starts (guest_scripts/scenarios.sh).
-_MARKER = re.compile(r"hvo-harness: scenario (?P<name>(?:boot|runtime) [^\r\n]*?)\s*$")
+# Greedy, stripped afterwards: a lazy group before `\s*$` is quadratic on a long blank run.
+_MARKER = re.compile(r"hvo-harness: scenario (?P<name>(?:boot|runtime) [^\r\n]*)")
 _BOOT_SEGMENT = "boot"
 _NUMBER = re.compile(r"-?\d+")
 
@@ -98,7 +99,7 @@ def segment_log(text: str) -> tuple[dict[str, str], list[str]]:
     order: list[str] = []
     current = _BOOT_SEGMENT
     for line in text.splitlines():
-        if match := _MARKER.search(line):
+        if "hvo-harness: scenario" in line and (match := _MARKER.search(line)):
             current = _segment_key(match["name"].split())
             if current not in segments:
                 order.append(current)
@@ -455,8 +456,9 @@ def _verdict(
 ) -> tuple[str, str]:
     if outcome.ended in _TEST_BED_ENDS:
         return "error", outcome.reason
-    if outcome.ended == "exited" and outcome.exit_status not in (0, None) and not findings and not guest.env:
-        # QEMU refused to run (a bad option, a missing file): a set-up error, not the kernel's.
+    if outcome.ended == "exited" and outcome.exit_status not in (0, None) and not findings:
+        # QEMU itself gave up (a bad option, a missing file, an emulator error): its status
+        # says so; a guest that resets or powers off makes QEMU exit 0 under -no-reboot.
         return "error", outcome.reason
     if findings:
         return "fail", f"{len(findings)} kernel finding(s): {summarize(findings)}"
