@@ -27,7 +27,7 @@ _LOST = "hvo-kmsg: lost"
 # "6,123,4567890,-;text" or with the caller: "6,123,4567890,-,caller=T1;text".
 _RECORD = re.compile(r"^(?P<prefix>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<text>.*)$")
 # A framed line anywhere on a console line: kernel text may precede it.
-_FRAMED = re.compile(r"(?P<tag>hvo-kmsg:|hvo-result:) (?P<crc>[0-9a-f]{8}) (?P<payload>.*?)\r*$")
+_FRAMED = re.compile(r"(?P<tag>hvo-kmsg:|hvo-result:) (?P<crc>[0-9a-f]{8}) (?P<payload>.*)")
 _ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 # A console line's printk time stamp (printk.time=1 is on every harness command line).
 _STAMP = re.compile(r"(?:<\d{1,3}>)?\[\s*(?P<sec>\d+)\.(?P<usec>\d{6})\]")
@@ -115,7 +115,7 @@ def framed_lines(text: str, tag: str) -> tuple[list[str], int]:
         if m is None or m["tag"] != tag:
             bad += 1
             continue
-        payload = m["payload"]
+        payload = m["payload"].rstrip("\r")
         if f"{zlib.crc32(payload.encode('utf-8', errors='surrogateescape')):08x}" != m["crc"]:
             bad += 1
             continue
