@@ -285,12 +285,26 @@ static unsigned long numbered(char *out, unsigned long seq, const char *line, un
 	return n + len;
 }
 
+/* Send one numbered line and keep it for the second copy: its length, then the line. */
+static void send_and_keep(const char *tag, char *kept, unsigned long size, unsigned long *used,
+			  unsigned long seq, const char *line, unsigned long n)
+{
+	char out[8192 + 32];
+	unsigned long len = numbered(out, seq, line, n);
+
+	put_line(tag, out, len);
+	if (*used + len + sizeof(len) <= size) {
+		memcpy(kept + *used, &len, sizeof(len));
+		memcpy(kept + *used + sizeof(len), out, len);
+		*used += sizeof(len) + len;
+	}
+}
+
 static int frame(const char *tag)
 {
 	static char buf[8192], line[8192], kept[1 << 20];
 	unsigned long n = 0, seq = 0, used = 0, off, len;
 	long got, i;
-	char out[8192 + 32];
 
 	while ((got = read(0, buf, sizeof(buf))) > 0 || (got < 0 && errno == EINTR)) {
 		for (i = 0; i < got; i++) {
@@ -299,26 +313,12 @@ static int frame(const char *tag)
 					line[n++] = buf[i];
 				continue;
 			}
-			len = numbered(out, seq++, line, n);
-			put_line(tag, out, len);
-			/* Kept for the second copy: its length, then the numbered line. */
-			if (used + len + sizeof(len) <= sizeof(kept)) {
-				memcpy(kept + used, &len, sizeof(len));
-				memcpy(kept + used + sizeof(len), out, len);
-				used += sizeof(len) + len;
-			}
+			send_and_keep(tag, kept, sizeof(kept), &used, seq++, line, n);
 			n = 0;
 		}
 	}
-	if (n) {
-		len = numbered(out, seq++, line, n);
-		put_line(tag, out, len);
-		if (used + len + sizeof(len) <= sizeof(kept)) {
-			memcpy(kept + used, &len, sizeof(len));
-			memcpy(kept + used + sizeof(len), out, len);
-			used += sizeof(len) + len;
-		}
-	}
+	if (n)
+		send_and_keep(tag, kept, sizeof(kept), &used, seq++, line, n);
 	sleep(1);
 	for (off = 0; off < used; off += sizeof(len) + len) {
 		memcpy(&len, kept + off, sizeof(len));
