@@ -9,7 +9,7 @@ PYTEST    := $(VENV)/bin/pytest
 RUN_ARGS  ?= --arch all --json hvo-results/r.json
 TEST_ARGS ?=
 
-.PHONY: run test bench deps venv fetch lint clean
+.PHONY: run test faults bench deps venv fetch lint clean
 
 run: deps venv
 	$(HARNESS) run $(RUN_ARGS)
@@ -17,6 +17,17 @@ run: deps venv
 test: deps venv
 	$(VENV)/bin/ruff check harness tests scripts
 	$(PYTEST) $(TEST_ARGS)
+
+# The fault suite (tests/test_faults.py): real faults (hangs, panics, a killed QEMU, a full
+# disk, signals to the harness, ...), each judged as it should be. Ends with one line,
+# `faults: N tried, N handled right`; non-zero on any miss.
+faults: deps venv
+	@summary=$$(mktemp); \
+	HVO_FAULT_SUMMARY=$$summary $(PYTEST) -m fault -p no:cacheprovider $(TEST_ARGS); status=$$?; \
+	line=$$(cat $$summary); rm -f $$summary; \
+	echo "$${line:-faults: 0 tried, 0 handled right}"; \
+	set -- $$line; \
+	[ $$status -eq 0 ] && [ "$${2:-0}" -gt 0 ] && [ "$$2" = "$$4" ] || exit 1
 
 # Speed, measured: harness overhead vs bare QEMU, and the default matrix serial vs -n 2.
 bench: deps venv

@@ -25,6 +25,8 @@ from harness.results import Finding, Hvo, Scenario, summarize
 _MARKER = re.compile(r"hvo-harness: scenario (?P<name>(?:boot|runtime) [^\r\n]*)")
 _BOOT_SEGMENT = "boot"
 _NUMBER = re.compile(r"-?\d+")
+# A line the kernel printed (printk.time=1 is on every harness command line).
+_KERNEL_LINE = re.compile(r"\[\s*\d+\.\d{6}\]")
 
 # kernel/panic.c taint_flags[]: bit -> (letter, what it means).
 TAINT_FLAGS = {
@@ -176,7 +178,9 @@ def judge(
                 hvo_via="cmdline" if mode == "boot" or sysctl in (None, "absent") else "sysctl",
             )
         )
-    verdict, reason = _verdict(outcome, guest, full.findings, scenarios, len(planned_keys(plan, guest)))
+    printed = _KERNEL_LINE.search(log.text) is not None
+    verdict, reason = _verdict(outcome, guest, full.findings, scenarios, len(planned_keys(plan, guest)),
+                               printed)
     return Judgement(scenarios, full.findings, hvo, verdict, reason, hugetlb)
 
 
@@ -273,6 +277,9 @@ def _judge_scenario(
         where = (" (its marker is missing from the kernel log, so it answers for the segment it "
                  f"shares with {', '.join(shared_with[:3])})" if shared_with else "")
         return fail("kernel complained: " + summarize(findings) + where)
+    if report.ok is None:
+        # Without its KTAP result line nothing the guest said of it is known to be whole.
+        return fail("the guest started this scenario but did not finish it")
     if data.get("sysfs") == "absent":
         refusal = _refusal(report, label, hugetlb)
         if size in supported:
@@ -280,8 +287,6 @@ def _judge_scenario(
                         f"{facts.page_size // 1024}K pages: {refusal}")
         scenario.status, scenario.reason = "skip", f"{label} not supported here: {refusal}"
         return scenario
-    if report.ok is None:
-        return fail("the guest started this scenario but did not finish it")
     try:
         return _judge_allocation(report, scenario, plan, facts, hvo, hugetlb, fail, env_taint)
     except Incomplete as missing:
@@ -453,6 +458,7 @@ _TEST_BED_ENDS = ("interrupted", "signalled", "log-error")
 def _verdict(
     outcome: GuestOutcome, guest: GuestReport, findings: list[Finding], scenarios: list[Scenario],
     planned: int,
+    printed: bool = True,
 ) -> tuple[str, str]:
     if outcome.ended in _TEST_BED_ENDS:
         return "error", outcome.reason
@@ -464,6 +470,9 @@ def _verdict(
         return "fail", f"{len(findings)} kernel finding(s): {summarize(findings)}"
     if outcome.ended == "timeout" and guest.done:
         return "fail", f"the guest reported all its scenarios, then hung: {outcome.reason}"
+    if outcome.ended == "exited" and not printed:
+        return "fail", ("the kernel died before its first line: " + outcome.reason
+                        + " (a reset with -no-reboot, e.g. a triple fault, ends QEMU like this)")
     if outcome.ended != "done":
         return "fail", outcome.reason
     if not guest.done:

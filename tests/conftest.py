@@ -29,3 +29,10 @@ def find_run(results: Results, arch: str, hvo: str) -> Run:
 
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """`faults: N tried, N handled right` when fault tests ran (tests/fault_suite.py)."""
+    from tests import fault_suite
+
+    fault_suite.report_summary(terminalreporter.stats, terminalreporter.write_line)

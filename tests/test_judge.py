@@ -330,6 +330,7 @@ def test_a_kernel_that_resets_before_printing_is_a_fail_not_a_set_up_error() -> 
     outcome = GuestOutcome("exited", "QEMU exited with status 0 before the guest finished", None, 1.0, 0)
     judgement = judged(Boot("", ""), outcome)
     assert judgement.verdict == "fail"
+    assert "before its first line" in judgement.verdict_reason
 
 
 def test_qemu_refusing_to_start_is_a_set_up_error() -> None:
@@ -353,3 +354,14 @@ def test_a_ktap_plan_that_does_not_add_up_fails_the_boot() -> None:
     boot.results = boot.results.replace("\n1..18\n", "\n1..19\n")
     judgement = judged(boot)
     assert judgement.verdict == "fail" and "plan" in judgement.verdict_reason
+
+
+def test_a_refused_size_whose_result_line_was_cut_is_no_skip() -> None:
+    """Results cut after a refused size's first data line: the refusal is half-told."""
+    boot = recorded_riscv()
+    lines = boot.results.split("\n")
+    cut = next(i for i, line in enumerate(lines) if "boot size_kb=16777216 node=0 sysfs=absent" in line)
+    boot.results = "\n".join(lines[: cut + 1])
+    judgement = judged(boot, GuestOutcome("done", "guest finished its scenarios", 5.0, 30.0, 0))
+    refused = scenario(judgement, "16G/boot/node0/hvo-on-cmdline")
+    assert refused.status == "fail" and "did not finish" in refused.reason
