@@ -113,6 +113,22 @@ def test_garbage_and_escapes_on_the_console_are_no_false_fail(tmp_path: Path) ->
     assert [(s.name, s.status) for s in run.scenarios] == [(s.name, s.status) for s in clean.scenarios]
 
 
+def test_kernel_output_cutting_into_the_console_channel(tmp_path: Path) -> None:
+    """loongarch64 (results and kernel log framed on the console): kernel records printed while
+    the guest writes its results cut into them; nothing may be read wrong, and the same boot
+    must not turn into a FAIL the kernel did not earn."""
+    clean_out, fault_out = tmp_path / "clean", tmp_path / "noise"
+    clean = fs.boot("loongarch64", None, clean_out, timeout=FULL_BOOT_TIMEOUT)
+    check_common(clean, clean_out)
+    run = fs.boot("loongarch64", "kmsg-noise.sh", fault_out, timeout=FULL_BOOT_TIMEOUT)
+    check_common(run, fault_out)
+    assert run.hugetlb["results_channel"].startswith("console")
+    assert Path(run.console_log).read_text(errors="replace").count("hvo-fault: noise") >= 400
+    assert clean.verdict == "pass", clean.verdict_reason
+    assert run.verdict == "pass", (run.verdict_reason, run.hugetlb["results_garbled"])
+    assert [(s.name, s.status) for s in run.scenarios] == [(s.name, s.status) for s in clean.scenarios]
+
+
 def test_results_channel_cut_short(tmp_path: Path) -> None:
     says = ("incomplete",)
     run = fs.boot(ARCH, "head-cut.sh", tmp_path, timeout=FULL_BOOT_TIMEOUT)
