@@ -180,7 +180,7 @@ def judge(
         )
     printed = _KERNEL_LINE.search(log.text) is not None
     verdict, reason = _verdict(outcome, guest, full.findings, scenarios, len(planned_keys(plan, guest)),
-                               printed)
+                               plan.nodes, printed)
     return Judgement(scenarios, full.findings, hvo, verdict, reason, hugetlb)
 
 
@@ -458,6 +458,7 @@ _TEST_BED_ENDS = ("interrupted", "signalled", "log-error")
 def _verdict(
     outcome: GuestOutcome, guest: GuestReport, findings: list[Finding], scenarios: list[Scenario],
     planned: int,
+    plan_nodes: int,
     printed: bool = True,
 ) -> tuple[str, str]:
     if outcome.ended in _TEST_BED_ENDS:
@@ -477,6 +478,9 @@ def _verdict(
         return "fail", outcome.reason
     if not guest.done:
         return "fail", "the guest did not report all its scenarios (results channel incomplete)"
+    nodes = guest.env.get("nodes", "")
+    if nodes != ",".join(str(n) for n in range(plan_nodes)):
+        return "fail", f"the guest kernel sees NUMA nodes {nodes or 'none'}; QEMU gave it {plan_nodes}"
     if guest.planned is None:
         return "fail", "the guest's report has no KTAP plan line (1..N)"
     if guest.results != guest.planned:

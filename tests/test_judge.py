@@ -308,7 +308,7 @@ def test_a_guest_that_sees_fewer_nodes_fails_the_missing_ones() -> None:
     node1 = [s for s in judgement.scenarios if s.node == 1]
     assert node1 and all(s.status == "fail" for s in node1)
     assert "NUMA nodes 0" in node1[0].reason
-    assert judgement.verdict == "fail"
+    assert judgement.verdict == "fail" and "NUMA nodes 0" in judgement.verdict_reason
 
 
 def test_a_failed_sysctl_write_fails_that_pass() -> None:
