@@ -5,19 +5,28 @@ Exit codes: 0 all passed or skipped with a reason, 1 something failed, 2 usage o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import math
 import os
+import re
+import secrets
+import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 
 from harness import artefacts, dmesg, pipeline, report, vng
 from harness.errors import HarnessError
-from harness.profiles import parse_arch_list, with_node_memory
-from harness.results import Results
+from harness.profiles import ARCH_NAMES, parse_arch_list, with_node_memory
+from harness.results import Results, write_json
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 _err = Console(stderr=True, soft_wrap=True)
@@ -133,23 +142,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Every check that needs no download, build or boot comes first, the arguments' own, then
+    # the paths: a typo costs well under a second, never a download, and nothing is written.
     profiles = parse_arch_list(args.arch)
     settings = pipeline.parse_hvo_settings(args.hvo, "--hvo")
+    _check_timeout(args.timeout)
+    if args.jobs < 1:
+        raise HarnessError(f"--jobs {args.jobs}: give how many arches boot at once, 1 or more")
     if args.kernel != "debian" and len(profiles) > 1:
         raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
     tree_build = _tree_build(args)
     if tree_build and args.kernel != "debian":
         raise HarnessError("--kernel and --tree both name the kernel to boot: give one")
-    out_dir: Path = args.out
-    json_paths = [out_dir / "results.json", *([args.json] if args.json else [])]
-    saved = pipeline.new_results()
-
-    def save(results: Results) -> None:
-        nonlocal saved
-        saved = results
-        for path in json_paths:
-            results.write(path)
-
+    if args.config and args.kernel == "debian":
+        raise HarnessError("--config is the .config of a --kernel PATH: give --kernel too, or omit "
+                           "--config (Debian's and --tree kernels come with their own)")
     if args.node_mem:
         profiles = [with_node_memory(p, args.node_mem) for p in profiles]
     request = pipeline.MatrixRequest(
@@ -157,19 +164,218 @@ def _run(args: argparse.Namespace) -> int:
         append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
         build=tree_build, backend=args.backend,
     )
+    out_dir: Path = args.out
+    if args.json:
+        _check_output_file(args.json, "--json", probe=False)
+    request.check()
+    # Last, as they write: --out is made, then a probe file goes into --json's directory (which
+    # may be --out: `--out r --json r/all.json`).
+    _check_out_dir(out_dir)
+    if args.json:
+        _check_output_file(args.json, "--json")
     progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    _keep_previous_run(out_dir, progress)
+
     stop = threading.Event()
-    try:
-        results = pipeline.run_matrix(request, out_dir, save, progress, stop)
-    except KeyboardInterrupt:
-        stop.set()
-        save(saved)
-        _err.print(f"hvo-harness: interrupted; results so far in {json_paths[0]}, logs in {out_dir}")
-        return 130
-    save(results)
+    saver = _Saver([(out_dir / "results.json", "--out"), *([(args.json, "--json")] if args.json else [])],
+                   stop, request.boot_count())
+    with _sigterm_as_interrupt():
+        try:
+            results = pipeline.run_matrix(request, out_dir, saver.on_run, progress, stop)
+        except KeyboardInterrupt as interrupt:
+            stop.set()
+            name = "SIGTERM" if isinstance(interrupt, _Terminated) else "SIGINT"
+            saver.interrupted(name)
+            _err.print(f"hvo-harness: interrupted by {name}; results so far in {saver.paths[0][0]}, "
+                       f"logs in {out_dir}", markup=False, highlight=False)
+            return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
+        except HarnessError as error:
+            stop.set()
+            saver.stopped(error)
+            raise
+    saver.finished(results)
     report.print_results(results)
-    _err.print(f"results: {', '.join(str(p) for p in json_paths)}; logs: {out_dir}/")
+    _err.print(f"results: {', '.join(str(p) for p, _ in saver.paths)}; logs: {out_dir}/")
     return exit_code(results)
+
+
+def _check_timeout(timeout: float) -> None:
+    # float() takes 'nan' and 'inf': a NaN deadline never passes and an infinite one never
+    # comes, so a hung guest would hold the run for ever; zero or less ends every boot at once.
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise HarnessError(f"--timeout {timeout:g}: give the seconds a boot may take, a number "
+                           f"above 0 (default {pipeline.DEFAULT_TIMEOUT:g})")
+
+
+def _probe(directory: Path) -> None:
+    """Create and remove a file in DIRECTORY: the one sure test that it is writable (root
+    writes past permission bits, not past a read-only or full file system); OSError if not."""
+    probe = directory / f".hvo-harness-probe-{secrets.token_hex(4)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"probe\n")
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def _check_output_file(path: Path, option: str, probe: bool = True) -> None:
+    """A file a command is to write: not a directory, in a directory that exists and takes
+    files (probe=False: leave that out); checked before any work, so a typo never costs a
+    run's results."""
+    if path.is_dir():
+        raise HarnessError(f"{option} {path} is a directory: give a file name, e.g. {path / 'results.json'}")
+    if path.exists() and not path.is_file():
+        # Results are written to a temporary file renamed over the path, which would replace
+        # a device or a pipe rather than write into it.
+        raise HarnessError(f"{option} {path} is not a regular file: give a file name")
+    parent = path.parent
+    if not probe:
+        return
+    if not parent.is_dir():
+        raise HarnessError(f"{option} {path}: directory {parent} does not exist: create it or give "
+                           "a path in one that does")
+    try:
+        _probe(parent)
+    except OSError as error:
+        raise HarnessError(f"{option} {path}: cannot write in {parent} ({error.strerror or error}): "
+                           "give a writable path") from None
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HarnessError(f"--out {out_dir} is a file, not a directory: give a directory for the "
+                           "logs and results.json")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _probe(out_dir)
+    except OSError as error:
+        raise HarnessError(f"--out {out_dir}: cannot create or write it ({error.strerror or error}): "
+                           "give a writable directory") from None
+
+
+# What a run writes into --out (pipeline.boot: '<arch>[-<variant>]-hvo-<on|off>.<kind>'), and
+# only that: anything else a user keeps there is not the harness's to move.
+_RUN_FILE = re.compile(
+    rf"(?:{'|'.join(map(re.escape, ARCH_NAMES))})(?:-[A-Za-z0-9_.+-]+)?-hvo-(?:on|off)"
+    r"\.(?:console\.log|results\.ktap|dmesg\.log|qemu\.sh|vng\.sh)"
+)
+PREVIOUS_DIR = "previous"
+
+
+def _keep_previous_run(out_dir: Path, progress: pipeline.Progress) -> Path | None:
+    """Move an earlier run's results.json and logs into OUT/previous/<UTC time>/, so that this
+    run overwrites nothing; the time is when the earlier run last wrote (its results.json)."""
+    files = [p for p in out_dir.iterdir()
+             if p.is_file() and (p.name == "results.json" or _RUN_FILE.fullmatch(p.name))]
+    if not files:
+        return None
+    results = out_dir / "results.json"
+    written = results.stat().st_mtime if results in files else max(p.stat().st_mtime for p in files)
+    stamp = datetime.fromtimestamp(written, UTC).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        for n in range(1, 1000):
+            target = out_dir / PREVIOUS_DIR / (stamp if n == 1 else f"{stamp}-{n}")
+            with contextlib.suppress(FileExistsError):
+                target.mkdir(parents=True)
+                break
+        else:
+            raise HarnessError(f"{out_dir / PREVIOUS_DIR} has 999 runs of {stamp}: clear it out")
+        for path in files:
+            os.replace(path, target / path.name)
+    except OSError as error:
+        raise HarnessError(f"--out {out_dir}: cannot move the previous run into {PREVIOUS_DIR}/ "
+                           f"({error.strerror or error}): move it yourself or give another --out") from None
+    progress(f"kept the previous run in {target}/ ({len(files)} files: "
+             f"{'results.json and its logs' if results in files else 'its logs'})")
+    return target
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that both end
+    every QEMU (run_matrix sets the stop event) and keep the results by the same path."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread (cli.main from a thread)
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        # Once: a second SIGTERM (a service manager repeating itself) must not cut short the
+        # saving of the results the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Saver:
+    """Writes the results after every boot, and at the end whatever the end was.
+
+    The files say what they hold: complete=false while the matrix runs, with run_matrix's
+    "run in progress: N of M boots done", then the end: complete, or interrupted or stopped and
+    how far it got. A write that fails (a full disk) sets the stop event, so the other arches'
+    guests end too, and is the one error line of the run."""
+
+    def __init__(self, paths: list[tuple[Path, str]], stop: threading.Event, total: int) -> None:
+        self.paths = paths
+        self.stop = stop
+        self.total = total
+        self.lock = threading.Lock()
+        self.results = pipeline.new_results()
+        self.results.complete = False
+        self.results.partial_reason = f"run in progress: 0 of {total} boots done"
+        # Set once the run has ended: a boot that finishes after that (a worker still ending
+        # its guest) is saved with this reason, not as a run in progress.
+        self.ended: str | None = None
+        self.written = False
+
+    def on_run(self, results: Results, total: int) -> None:
+        with self.lock:
+            self.results, self.total = results, total
+            self._write()
+
+    def interrupted(self, signal_name: str) -> None:
+        self._end(lambda done: f"interrupted by {signal_name} after {done} of {self.total} boots")
+
+    def stopped(self, error: HarnessError) -> None:
+        if not self.written:
+            return  # a set-up error before the first boot: no results to amend, the line says it
+        # The error being reported may be this very write failing: it is said once, not twice.
+        with contextlib.suppress(HarnessError):
+            self._end(lambda done: f"stopped by an error after {done} of {self.total} boots: {error}")
+
+    def finished(self, results: Results) -> None:
+        with self.lock:
+            self.results, self.ended = results, None
+            self._write()
+
+    def _end(self, reason: Callable[[int], str]) -> None:
+        with self.lock:
+            self.ended = reason(self.results.finished_boots())
+            self._write()
+
+    def _write(self) -> None:
+        results = self.results
+        if self.ended is not None:
+            # A copy: run_matrix's own record keeps saying what run_matrix saw.
+            results = dataclasses.replace(results, complete=False, partial_reason=self.ended)
+        self.written = True
+        errors: list[HarnessError] = []
+        for path, option in self.paths:  # each file on its own: one full disk spares the others
+            try:
+                results.write(path, option)
+            except HarnessError as error:
+                errors.append(error)
+        if errors:
+            self.stop.set()
+            raise errors[0]
 
 
 def exit_code(results: Results) -> int:
@@ -196,10 +402,12 @@ def _build(args: argparse.Namespace) -> int:
 def _parse(args: argparse.Namespace) -> int:
     if not args.log.is_file():
         raise HarnessError(f"{args.log} is not a readable file: give a console or dmesg log")
+    if args.json:
+        _check_output_file(args.json, "--json")
     parsed = dmesg.parse(args.log.read_bytes().decode(errors="replace"))
     report.print_console_report(parsed)
     if args.json:
-        args.json.write_text(json.dumps(asdict(parsed), indent=2) + "\n")
+        write_json(args.json, asdict(parsed), "--json")
     return EXIT_FAIL if parsed.findings else EXIT_PASS
 
 

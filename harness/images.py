@@ -27,6 +27,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import zstandard
 
@@ -287,39 +288,67 @@ def detect(path: Path) -> tuple[str, str | None]:
     'efi-zboot' file the arch is the one its PE header names; prepare() also checks the
     payload.
     """
+    found = _found(Path(path))
+    return found.format, found.arch
+
+
+def check(path: Path, profile: ArchProfile) -> tuple[str, str | None]:
+    """What prepare() checks without reading the whole file: PATH exists, is a kernel image and
+    is for PROFILE's arch (an EFI zboot payload's arch is checked by prepare(), which unpacks
+    it). Cheap (a stat and a few header reads), so a run checks this before any download."""
     path = Path(path)
+    found = _found(path)
+    _check_arch(path, found, profile)
+    return found.format, found.arch
+
+
+def _found(path: Path) -> _Found:
     _check_exists(path)
     try:
-        found = _detect(path)
+        return _detect(path)
     except _NotAKernel as reason:
         raise _not_a_kernel(path, str(reason)) from None
-    return found.format, found.arch
+
+
+class _Decompressor(Protocol):
+    """What zstandard's, zlib's, lzma's and bz2's streaming decompressors have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _decompressor(compression: str) -> _Decompressor | None:
+    # Streaming decompressors all of them, never the one-shot functions: only a decompressor's
+    # eof tells a whole stream from a truncated one (lzma's decompress() returns what there is
+    # without complaint; bz2.decompress() raises a bare ValueError).
+    if compression == "zstd":
+        # zstd22_with_size: the header's size leaves out the appended le32 size.
+        return zstandard.ZstdDecompressor().decompressobj()
+    if compression == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if compression == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    if compression == "lzma":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+    if compression == "bzip2":
+        return bz2.BZ2Decompressor()
+    return None
 
 
 def _decompress(data: bytes, compression: str) -> bytes:
     """Decompress a zboot payload; a truncated or corrupt stream is a _NotAKernel."""
+    decompressor = _decompressor(compression)
+    if decompressor is None:
+        raise _NotAKernel(f"its payload is compressed with {compression!r}, which the harness cannot unpack")
     try:
-        if compression == "zstd":
-            # zstd22_with_size: the header's size leaves out the appended le32 size.
-            zstd = zstandard.ZstdDecompressor().decompressobj()
-            out = zstd.decompress(data)
-            if not zstd.eof:
-                raise _NotAKernel("its zstd payload ends early")
-            return out
-        if compression == "gzip":
-            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            out = inflate.decompress(data)
-            if not inflate.eof:
-                raise _NotAKernel("its gzip payload ends early")
-            return out
-        if compression in ("xz", "lzma"):
-            kind = lzma.FORMAT_XZ if compression == "xz" else lzma.FORMAT_ALONE
-            return lzma.LZMADecompressor(format=kind).decompress(data)
-        if compression == "bzip2":
-            return bz2.decompress(data)
-    except (zstandard.ZstdError, zlib.error, lzma.LZMAError, OSError, EOFError):
+        out = decompressor.decompress(data)
+    except (zstandard.ZstdError, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError):
         raise _NotAKernel(f"its {compression} payload does not decompress") from None
-    raise _NotAKernel(f"its payload is compressed with {compression!r}, which the harness cannot unpack")
+    if not decompressor.eof:
+        raise _NotAKernel(f"its {compression} payload ends early")
+    return out
 
 
 def _unpack_zboot(path: Path, found: _Found, key: str) -> Path:

@@ -6,8 +6,12 @@ Field names in to_json() are a contract (see docs/results-schema.md): add, don't
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import re
+import secrets
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -159,20 +163,67 @@ class Run:
 class Results:
     runs: list[Run] = field(default_factory=list)
     harness_version: str = ""
+    # False while a matrix runs and when it was cut short (interrupted, stopped by an error):
+    # then partial_reason says how far it got, e.g. "interrupted by SIGTERM after 1 of 6 boots".
+    complete: bool = True
+    partial_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA_ID,
             "harness_version": self.harness_version,
+            "complete": self.complete,
+            "partial_reason": self.partial_reason,
             "runs": [asdict(run) for run in self.runs],
         }
 
-    def write(self, path: Path) -> None:
-        """Write atomically, so an interrupted run never leaves half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+    def finished_boots(self) -> int:
+        """Boots that ran to their end: an interrupted one is in runs, but did not finish."""
+        return sum(run.ended != "interrupted" for run in self.runs)
+
+    def write(self, path: Path, option: str = "--out") -> None:
+        """Write atomically (see write_json); OPTION is what the fix names ('--out', '--json')."""
+        write_json(path, self.to_json(), option)
+
+
+def write_json(path: Path, document: Any, option: str) -> None:
+    """Write a JSON document so that PATH is always a whole file, the old one or the new one.
+
+    A temporary file in the same directory is written, fsynced and renamed over PATH: a full
+    disk, a read-only file system or a kill part-way leave the earlier file as it was and no
+    temporary file behind. An OSError is one HarnessError naming the file and OPTION as the fix."""
+    text = json.dumps(document, indent=2) + "\n"
+    # A symlink is written through, not replaced by a file.
+    target = path.resolve() if path.is_symlink() else path
+    # Unique per writer, so two processes saving into one directory never share a temp file.
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: never write through a file (or link) that is already there; 0o666 so the
+        # umask, not a temp-file default of 0600, decides who may read the results.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "w") as stream:
+                stream.write(text)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = f"free space or give another {option}" if full else f"give another {option}"
+        raise HarnessError(f"cannot write {path}: {error.strerror or error}: {fix}") from None
+    # The rename is durable once the directory is synced; a file system that cannot sync a
+    # directory still has the whole file, so this is best effort.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def json_schema() -> dict[str, Any]:
@@ -237,6 +288,10 @@ def from_json(document: Any, origin: str = "document") -> Results:
     return Results(
         runs=[_run_from_json(run) for run in document["runs"]],
         harness_version=document.get("harness_version", ""),
+        # Files from before these fields were written only at the end of a run, or (after a
+        # Ctrl-C) with no mark: they are taken as complete, as their readers always took them.
+        complete=document.get("complete", True),
+        partial_reason=document.get("partial_reason"),
     )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,126 @@ def test_patch_that_does_not_apply_is_named(tmp_path: Path) -> None:
 def test_page_size_the_arch_lacks() -> None:
     line = one_error_line(run_cli("build", "--arch", "x86_64", "--variant", "debug+16k"))
     assert "x86_64 has no 16k page size" in line
+
+
+# Output paths, and every check that needs no download, before any download, build or boot.
+
+
+def _cold(tmp_path: Path) -> dict[str, str]:
+    """An empty cache and no way out to the network: a check that comes after a download fails
+    here with a download error (or hangs), not with its own line."""
+    cache = tmp_path / "cold-cache"
+    return {**os.environ, "HVO_HARNESS_CACHE": str(cache), "http_proxy": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9"}
+
+
+def _fast_error(args: list[str], env: dict[str, str]) -> str:
+    started = time.monotonic()
+    line = one_error_line(run_cli(*args, env=env, timeout=120))
+    assert time.monotonic() - started < 10, "a cheap check came after something slow"
+    downloaded = [p for p in Path(env["HVO_HARNESS_CACHE"]).rglob("*") if p.is_file()]
+    assert not downloaded, downloaded
+    return line
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "directory"])
+def test_parse_json_path_that_cannot_be_written(tmp_path: Path, where: str) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("[    0.000000] Linux version 7.2.13\n")
+    target = tmp_path / "no-such-dir" / "f.json" if where == "missing-dir" else tmp_path
+    line = one_error_line(run_cli("parse", str(log), "--json", str(target)))
+    assert "--json" in line and str(target) in line
+
+
+def test_run_json_directory_is_refused_before_any_boot(tmp_path: Path) -> None:
+    json_dir = tmp_path / "results-dir"
+    json_dir.mkdir()
+    out = tmp_path / "out"
+    line = _fast_error(["run", "--arch", "loongarch64", "--hvo", "on", "--json", str(json_dir),
+                        "--out", str(out)], _cold(tmp_path))
+    assert "--json" in line and str(json_dir) in line and "directory" in line
+    assert not (tmp_path / "results-dir.tmp").exists()
+    assert not out.exists()  # refused before --out was even made
+
+
+def test_run_json_in_a_missing_directory(tmp_path: Path) -> None:
+    target = tmp_path / "nowhere" / "r.json"
+    line = _fast_error(["run", "--arch", "loongarch64", "--json", str(target),
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "--json" in line and str(target.parent) in line
+
+
+def test_out_that_is_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "a-file"
+    out.write_text("the user's\n")
+    line = _fast_error(["run", "--arch", "loongarch64", "--out", str(out)], _cold(tmp_path))
+    assert "--out" in line and str(out) in line
+    assert out.read_text() == "the user's\n"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only file system (root writes through permission bits, not through this)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("below", ["", "sub/dir"])
+def test_out_on_a_read_only_file_system(tmp_path: Path, read_only_dir: Path, below: str) -> None:
+    out = read_only_dir / below if below else read_only_dir
+    line = _fast_error(["run", "--arch", "loongarch64", "--out", str(out)], _cold(tmp_path))
+    assert "--out" in line and "Read-only file system" in line
+
+
+def test_json_on_a_read_only_file_system(tmp_path: Path, read_only_dir: Path) -> None:
+    line = _fast_error(["run", "--arch", "loongarch64", "--json", str(read_only_dir / "r.json"),
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "--json" in line and "Read-only file system" in line
+
+
+def test_mistyped_kernel_path_fails_before_downloads(tmp_path: Path) -> None:
+    line = _fast_error(["run", "--arch", "riscv64", "--kernel", str(tmp_path / "Imgae"),
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "does not exist" in line and "Imgae" in line
+
+
+def test_wrong_arch_kernel_fails_before_downloads(tmp_path: Path) -> None:
+    riscv = artefacts.ensure_debian_kernel(get_profile("riscv64")).image
+    line = _fast_error(["run", "--arch", "x86_64", "--kernel", str(riscv),
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "riscv64" in line and "x86_64" in line
+
+
+def test_missing_config_fails_before_downloads(tmp_path: Path) -> None:
+    riscv = artefacts.ensure_debian_kernel(get_profile("riscv64")).image
+    line = _fast_error(["run", "--arch", "riscv64", "--kernel", str(riscv), "--config",
+                        str(tmp_path / "dot-config"), "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "--config" in line and "dot-config" in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0"])
+def test_timeout_must_be_a_positive_number_of_seconds(tmp_path: Path, value: str) -> None:
+    line = _fast_error(["run", "--arch", "loongarch64", "--timeout", value,
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert f"--timeout {value}" in line and "seconds" in line
+
+
+def test_jobs_must_be_at_least_one(tmp_path: Path) -> None:
+    line = _fast_error(["run", "--arch", "loongarch64", "--jobs", "0",
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "--jobs 0" in line
+
+
+@pytest.mark.parametrize("value", ["on,on", "off, off", "on,off,on"])
+def test_each_hvo_setting_once(tmp_path: Path, value: str) -> None:
+    line = _fast_error(["run", "--arch", "loongarch64", "--hvo", value,
+                        "--out", str(tmp_path / "out")], _cold(tmp_path))
+    assert "--hvo" in line and "each setting once" in line

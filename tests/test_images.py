@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import random
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from harness import images
 from harness.artefacts import DebianKernel, ensure_busybox, ensure_debian_kernel
@@ -144,3 +149,65 @@ def test_dynamic_program_is_refused() -> None:
     assert dynamic is not None
     with pytest.raises(HarnessError, match="dynamically linked program"):
         images.detect(Path(dynamic))
+
+
+# EFI zboot images made here, one per compression the harness unpacks: the header of
+# drivers/firmware/efi/libstub/zboot-header.S ("MZ", "zimg", payload offset and size at 8 and
+# 12, the compression name at 0x18) with no PE header, so the payload alone names the arch.
+ZBOOT_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": lambda data: gzip.compress(data, compresslevel=1),
+    "zstd": lambda data: zstandard.ZstdCompressor(level=1).compress(data),
+    "xz": lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, preset=0),
+    "lzma": lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE, preset=0),
+    "bzip2": lambda data: bz2.compress(data, compresslevel=1),
+}
+
+
+def _zboot_image(payload: bytes, compression: str) -> bytes:
+    header = bytearray(0x40)
+    header[0:2] = b"MZ"
+    header[4:8] = b"zimg"
+    struct.pack_into("<II", header, 8, len(header), len(payload))
+    header[0x18 : 0x18 + len(compression)] = compression.encode()
+    return bytes(header) + payload
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Unpacked payloads go into a cache of the test's own, not the user's."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HVO_HARNESS_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("compression", sorted(ZBOOT_COMPRESSORS))
+def test_truncated_zboot_payload_is_one_line(compression: str, tmp_path: Path, private_cache: Path) -> None:
+    """A payload cut short is refused by name, whatever its compression (xz decompresses what
+    there is without complaint, bzip2 raised a bare ValueError)."""
+    data = random.Random(7).randbytes(1 << 16) * 16  # compressible, so the stream is long
+    stream = ZBOOT_COMPRESSORS[compression](data)
+    image = tmp_path / f"vmlinuz-{compression}"
+    image.write_bytes(_zboot_image(stream[: len(stream) // 2], compression))
+    assert images.detect(image) == ("efi-zboot", None)
+    with pytest.raises(HarnessError) as caught:
+        images.prepare(image, get_profile("loongarch64"))
+    message = str(caught.value)
+    assert str(image) in message
+    assert f"its {compression} payload ends early" in message
+    assert "\n" not in message
+    assert not list(private_cache.rglob("*.zboot-payload"))
+
+
+@pytest.mark.parametrize("compression", ["xz", "lzma", "bzip2"])
+def test_whole_zboot_payload_unpacks(
+    kernels: dict[str, DebianKernel], compression: str, tmp_path: Path, private_cache: Path
+) -> None:
+    """The same kernel recompressed whole unpacks and boots as the LoongArch EFI kernel it is:
+    the end-of-stream checks refuse only streams that really end early."""
+    debian = images.prepare(kernels["loongarch64"].image, get_profile("loongarch64"))
+    payload = debian.path.read_bytes()
+    image = tmp_path / f"vmlinuz-{compression}"
+    image.write_bytes(_zboot_image(ZBOOT_COMPRESSORS[compression](payload), compression))
+    prepared = images.prepare(image, get_profile("loongarch64"))
+    assert (prepared.arch, prepared.payload_format) == ("loongarch64", "loongarch-efi")
+    assert prepared.path.read_bytes() == payload
