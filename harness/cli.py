@@ -20,6 +20,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -32,8 +33,16 @@ EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 _err = Console(stderr=True, soft_wrap=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors as the CLI's others: one line naming the fix, exit 2 (its default
+    prints the usage block first). Subcommands get this class too (add_subparsers' default)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_SETUP, f"hvo-harness: error: {message}: see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hvo-harness",
         description="Boot real kernels under QEMU and judge HugeTLB Vmemmap Optimization.",
     )

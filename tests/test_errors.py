@@ -60,6 +60,9 @@ def test_missing_qemu_names_the_package(tmp_path: Path) -> None:
         (["run", "--hvo", "maybe"], "--hvo"),
         (["run", "--node-mem", "lots"], "--node-mem"),
         (["parse", "/nonexistent/console.log"], "not a readable file"),
+        (["run", "--timeout", "abc"], "--timeout: invalid float value"),
+        (["run", "--no-such-option"], "unrecognized arguments"),
+        (["frobnicate"], "invalid choice"),
     ],
 )
 def test_usage_errors(args: list[str], words: str) -> None:
