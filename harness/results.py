@@ -30,7 +30,9 @@ Verdict = Literal["pass", "fail", "error"]
 class Finding:
     """One kernel complaint read off a console or dmesg: WARN, BUG, Oops, panic, KASAN, ..."""
 
-    kind: str  # "warn" | "bug" | "oops" | "panic" | "kasan" | "kfence" | "paging-request" | ...
+    # "warn" | "bug" | "oops" | "panic" | "kasan" | "kfence" | "paging-request" | "lockdep" |
+    # "oom" | "alloc-failure" | "list-corruption" | "stall" | "hung-task" | "ubsan" | ...
+    kind: str
     function: str | None
     file: str | None
     line: int | None
@@ -150,7 +152,8 @@ class Run:
     console_log: str
     # Why the verdict is what it is, one line ("guest panicked", "timeout after 300 s", ...).
     verdict_reason: str = ""
-    # How the guest ended: "done" | "panic" | "timeout" | "exited" | "interrupted".
+    # How the guest ended (guest.GuestOutcome): "done" | "panic" | "timeout" | "exited" |
+    # "signalled" | "flood" | "log-error" | "interrupted".
     ended: str = "done"
     qemu_argv: list[str] = field(default_factory=list)
     results_log: str | None = None
