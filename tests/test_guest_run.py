@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import signal
 import subprocess
 import threading
@@ -22,6 +21,7 @@ import pytest
 
 from harness import guest, guest_memory, pipeline, qemu
 from harness.profiles import ArchProfile, get_profile
+from tests import fault_suite
 from tests.test_guest_lifetime import qemu_processes_mentioning
 
 pytestmark = pytest.mark.boot
@@ -52,12 +52,8 @@ def prepared() -> Prepared:
 @pytest.fixture
 def no_core_dumps() -> Iterator[None]:
     """QEMU killed with SIGSEGV must not dump its many GiB of guest RAM into the work tree."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
-    try:
+    with fault_suite.no_core_dumps():
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
 
 
 def boot_argv(prepared: Prepared, out: Path, *cmdline: str, extra: tuple[str, ...] = ()) -> list[str]:
