@@ -85,13 +85,11 @@ def _need(data: dict[str, str], key: str, where: str = "") -> int:
     return int(value)
 
 
-def _counters(data: dict[str, str], where: str) -> dict[str, str]:
+def _check_counters(data: dict[str, str], where: str) -> None:
     """The vmemmap counters of one reading: numbers, or 'absent' (the kernel has none)."""
     for key in ("memmap_pages", "memmap_boot_pages"):
-        value = data.get(key)
-        if value != "absent":
+        if data.get(key) != "absent":
             _need(data, key, where)
-    return data
 
 
 def segment_log(text: str) -> tuple[dict[str, str], list[str]]:
@@ -395,10 +393,10 @@ def _judge_allocation(
     vm = scenario.vmemmap
     vm.expected_kib_per_page = expected
     vm.claimed_kib_per_page = claimed
-    _counters(before, "before.")
-    _counters(released, "released.")
+    _check_counters(before, "before.")
+    _check_counters(released, "released.")
     if mode == "runtime":
-        _counters(after, "after.")
+        _check_counters(after, "after.")
         vm.measured_kib_per_page = oracle.kib_per_page(before, after, allocated, facts.page_size)
         restored = oracle.kib_per_page(released, after, allocated, facts.page_size)
         vm.measured_by = "nr_memmap_pages + nr_memmap_boot_pages, on allocation"

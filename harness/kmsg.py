@@ -14,6 +14,7 @@ before its first record, inside its gaps (by time stamp), after its last record.
 
 from __future__ import annotations
 
+import bisect
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -193,7 +194,10 @@ def merge(console: str, stream: Stream) -> KernelLog:
     """The kernel log to judge: the stream's records, and the console where they are missing."""
     if not stream.records:
         return KernelLog(console, "console", garbled=stream.garbled)
-    items = _console_items(console)
+    # By time stamp (stable: console order within one), so each range is two bisections, not
+    # a pass over the whole console per gap.
+    items = sorted(_console_items(console), key=lambda item: item[0])
+    stamps = [usec for usec, _ in items]
     records = stream.records
     out: list[str] = []
     taken = 0
@@ -201,10 +205,10 @@ def merge(console: str, stream: Stream) -> KernelLog:
 
     def console_between(low: int, high: int | None) -> None:
         nonlocal taken
-        for usec, line in items:
-            if usec > low and (high is None or usec < high):
-                out.append(line)
-                taken += 1
+        start = bisect.bisect_right(stamps, low)
+        end = len(stamps) if high is None else bisect.bisect_left(stamps, high)
+        out.extend(line for _, line in items[start:end])
+        taken += max(0, end - start)
 
     console_between(-2, records[0].usec)
     if records[0].seq > 0 and taken == 0:

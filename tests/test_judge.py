@@ -365,3 +365,20 @@ def test_a_refused_size_whose_result_line_was_cut_is_no_skip() -> None:
     judgement = judged(boot, GuestOutcome("done", "guest finished its scenarios", 5.0, 30.0, 0))
     refused = scenario(judgement, "16G/boot/node0/hvo-on-cmdline")
     assert refused.status == "fail" and "did not finish" in refused.reason
+
+
+def test_qemu_giving_up_after_the_guest_started_is_the_test_beds_error() -> None:
+    """QEMU's own non-zero exit (an emulator error) mid-run, no kernel report: not the kernel's."""
+    boot = recorded_riscv()
+    outcome = GuestOutcome("exited", "QEMU exited with status 1: \"qemu-system-riscv64: fatal: ...\"",
+                           5.0, 20.0, 1)
+    judgement = judged(boot, outcome)
+    assert judgement.verdict == "error", judgement.verdict_reason
+
+
+def test_taints_that_only_say_what_was_loaded_fail_nothing() -> None:
+    """P (proprietary) and O (out-of-tree module) say which code runs, not that it went wrong."""
+    boot = recorded_riscv()
+    boot.results = edit_line(boot.results, f"{RUNTIME_2M_NODE1} released", "tainted_after=0",
+                             "tainted_after=4097")
+    assert judged(boot).verdict == "pass"
