@@ -74,9 +74,6 @@ def prepare_kernel(profile: ArchProfile, kernel: str, config_path: Path | None =
         return PreparedKernel(image, info, kconfig.read(debian.config))
     path = Path(kernel).expanduser()
     image = images.prepare(path, profile)
-    if config_path is not None and not config_path.is_file():
-        raise HarnessError(f"--config {config_path}: no such file: give the kernel's .config, "
-                           "or omit --config (a .config next to the image is found by itself)")
     if config_path is None:
         sibling = path.parent / ".config"
         config_path = sibling if sibling.exists() else None
