@@ -1,8 +1,11 @@
-"""Debian sid guest artefacts: prebuilt kernels, static busybox and the kernel source.
+"""Debian guest artefacts: prebuilt kernels (sid's, or another suite's), static busybox and the
+kernel source.
 
 Why Debian sid: it carries a current kernel, built by the same people with the same config,
 for all three arches this harness boots (amd64, riscv64, loong64), plus a static busybox
 for each. That gives every arch a known-good kernel and userland without a cross toolchain.
+Other kernels can be asked for by suite (trixie, experimental: a release matrix) or by package
+and version (DebianKernelSpec); busybox and linux-source always come from sid.
 
 Why a private apt state: the host is Debian bookworm and must stay so. apt is pointed at its
 own sources list, lists, cache and (empty) dpkg status under cache_dir('apt'), so nothing of
@@ -12,7 +15,9 @@ cache, never installed.
 
 Why manifests: a second run must work without the network. What was resolved (package
 names, versions, sha256 of the .deb files and of the kernel image) is written to
-cache_dir('debian')/manifest-<arch>.json and manifest-source.json; ensure_* with
+cache_dir('debian')/manifest-<arch>.json (sid's kernel and busybox), manifest-<arch>-<suite>.json
+or manifest-<arch>-pkg-<package>_<version>.json (another kernel, or the record that the suite has
+none for the arch) and manifest-source.json; ensure_* with
 refresh=False trusts the manifest once the files it names are present and match, and does not
 run apt at all.
 """
@@ -35,17 +40,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from debian.deb822 import Deb822
+from debian.deb822 import Deb822, PkgRelation
 from debian.debian_support import Version
 
 from harness.cache import cache_dir, cache_root, sha256_file
-from harness.errors import HarnessError
+from harness.errors import HarnessError, KernelUnavailable
 from harness.profiles import ArchProfile
 
+# The default suite: busybox, linux-source and the default kernel come from it.
 SUITE = "sid"
+# Every suite the private apt state knows, a sources line each: one `apt-get update` fetches all
+# their lists, and kernels are resolved per suite from them (_Apt.versions).
+SUITES = ("sid", "trixie", "experimental")
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-SOURCES_LINE = f"deb [signed-by={KEYRING}] {MIRROR} {SUITE} main"
+SOURCES_LINES = tuple(f"deb [signed-by={KEYRING}] {MIRROR} {suite} main" for suite in SUITES)
 # The Debian architectures of the three profiles. 'all' packages (linux-source) come with
 # every binary-<arch> index, so apt needs no 'all' entry here.
 APT_ARCHITECTURES = ("amd64", "riscv64", "loong64")
@@ -69,16 +78,108 @@ class DebianPackage:
     sha256: str
 
 
+# What a Debian package name and version may hold (Debian policy 5.6.1, 5.6.12).
+_PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_PACKAGE_VERSION = re.compile(r"^[0-9][A-Za-z0-9.+~:-]*$")
+_KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-")
+_SPEC_HELP = "give debian:sid, debian:trixie, debian:experimental or debian:PACKAGE=VERSION"
+
+
+@dataclass(frozen=True)
+class DebianKernelSpec:
+    """Which Debian kernel: a suite's newest (suite), or one package at one version."""
+
+    suite: str | None = SUITE
+    package: str | None = None
+    version: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The --kernel item that names it: 'debian:trixie', 'debian:PACKAGE=VERSION'."""
+        return f"debian:{self.suite}" if self.suite else f"debian:{self.package}={self.version}"
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and file names: the suite, or the package's version."""
+        if self.suite:
+            return self.suite
+        assert self.version is not None
+        return re.sub(r"[^A-Za-z0-9_.+-]", "_", self.version)
+
+    def manifest_name(self, arch: str) -> str:
+        if self.suite == SUITE:
+            return f"manifest-{arch}.json"  # where sid's kernel always was: old caches read as is
+        if self.suite:
+            return f"manifest-{arch}-{self.suite}.json"
+        assert self.package is not None and self.version is not None
+        return f"manifest-{arch}-pkg-{self.package}_{self.version.replace(':', '%3a')}.json"
+
+
+SID_KERNEL = DebianKernelSpec()
+
+
+def parse_kernel_spec(item: str, option: str = "--kernel") -> DebianKernelSpec:
+    """'debian' (= 'debian:sid'), 'debian:SUITE' or 'debian:PACKAGE=VERSION'; anything else is a
+    one-line HarnessError naming the forms. Checks the text only: no apt, no network."""
+    if item == "debian":
+        return SID_KERNEL
+    if not item.startswith("debian:"):
+        raise HarnessError(f"{option} {item!r} is not a Debian kernel: {_SPEC_HELP}")
+    rest = item.removeprefix("debian:")
+    if "=" not in rest:
+        if rest not in SUITES:
+            raise HarnessError(f"{option} {item!r}: no Debian suite {rest!r} here: {_SPEC_HELP}")
+        return DebianKernelSpec(rest)
+    package, _, version = rest.partition("=")
+    example = "e.g. debian:linux-image-6.12.107+deb13-amd64=6.12.107-1"
+    if not package or not version:
+        raise HarnessError(f"{option} {item!r}: give both a package and a version, {example} "
+                           "(`apt-cache madison PACKAGE` lists the versions)")
+    if not _PACKAGE_NAME.match(package) or not _PACKAGE_VERSION.match(version):
+        raise HarnessError(f"{option} {item!r}: not a Debian package name and version: {example}")
+    if not package.startswith(_KERNEL_PACKAGE_PREFIXES):
+        raise HarnessError(f"{option} {item!r}: {package} is not a kernel package: give a "
+                           f"linux-image-* or linux-binary-* package, {example}")
+    return DebianKernelSpec(None, package, version)
+
+
+def check_spec_arch(spec: DebianKernelSpec, profile: ArchProfile, others: Sequence[ArchProfile],
+                    option: str = "--kernel") -> None:
+    """A PACKAGE=VERSION spec names one Debian arch's package ('...-amd64'): booting it on
+    another arch is a one-line error before any download. OTHERS: every arch profile."""
+    if spec.package is None:
+        return
+    for other in others:
+        if other.debian_arch != profile.debian_arch and spec.package.endswith(f"-{other.debian_arch}"):
+            raise HarnessError(
+                f"{option} {spec.text}: {spec.package} is for {other.debian_arch}, not "
+                f"{profile.debian_arch}: give --arch {other.name}, or the {profile.debian_arch} "
+                f"package for {profile.name}"
+            )
+
+
 @dataclass(frozen=True)
 class DebianKernel:
-    """A Debian sid kernel for one arch profile, unpacked in the cache."""
+    """A Debian kernel for one arch profile, unpacked in the cache."""
 
     arch: str  # the profile name, e.g. 'x86_64'
     release: str  # the usr/lib/modules/<release> directory name, e.g. '7.2.13+deb14-amd64'
     image: Path  # the vmlinuz as shipped (images.prepare() makes it bootable)
-    config: Path  # the kernel's .config, from linux-base-<release>
+    config: Path  # the kernel's .config, from linux-base-<release> or the image package
     image_sha256: str
     packages: tuple[DebianPackage, ...]
+    # The suite it was resolved in ('sid', 'trixie', 'experimental') and the image package's
+    # version; label: DebianKernelSpec.label of what was asked for.
+    suite: str = SUITE
+    version: str = ""
+    label: str = SUITE
+
+
+@dataclass(frozen=True)
+class _Absent:
+    """The manifest's record that a suite has no kernel for an arch (a skip, not a miss)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -105,7 +206,7 @@ class _Apt:
     def __init__(self, progress: Progress) -> None:
         self.root = cache_dir("apt")
         self.progress = progress
-        _write_if_changed(self.root / "sources.list", SOURCES_LINE + "\n")
+        _write_if_changed(self.root / "sources.list", "".join(f"{line}\n" for line in SOURCES_LINES))
         # Empty parts directories, an empty dpkg status and no pins: resolution must not
         # depend on the host's sources, installed packages or preferences.
         for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
@@ -138,7 +239,7 @@ class _Apt:
         if os.geteuid() == 0:
             # The state lives under root's home, which the _apt sandbox user cannot write.
             settings["APT::Sandbox::User"] = "root"
-        lines = ["// Written by harness/artefacts.py: apt state for Debian sid guest artefacts."]
+        lines = ["// Written by harness/artefacts.py: apt state for Debian guest artefacts."]
         lines += [f'{key} "{value}";' for key, value in settings.items()]
         # A list: drop whatever the host configured, then name ours ('all' packages come
         # with every binary-<arch> index).
@@ -153,7 +254,7 @@ class _Apt:
         """Run apt-get/apt-cache non-interactively; a failure is a one-line HarnessError."""
         if shutil.which(tool) is None:
             raise HarnessError(
-                f"{tool} not found: fetching Debian sid artefacts needs Debian's apt "
+                f"{tool} not found: fetching Debian artefacts needs Debian's apt "
                 "(run on a Debian host, or copy a filled cache into $HVO_HARNESS_CACHE)"
             )
         argv = [tool, "-q", *self.options(), *args]
@@ -169,7 +270,7 @@ class _Apt:
     def update(self) -> None:
         if self.root in _Apt._updated:
             return
-        self.progress(f"apt: updating the Debian {SUITE} package lists ({MIRROR})")
+        self.progress(f"apt: updating the Debian {', '.join(SUITES)} package lists ({MIRROR})")
         # --error-on=any: without it a failed download of the index is only a warning.
         self.run("apt-get", "--error-on=any", "update")
         _Apt._updated.add(self.root)
@@ -177,18 +278,47 @@ class _Apt:
     def pkgnames(self, prefix: str) -> list[str]:
         return self.run("apt-cache", "pkgnames", prefix).split()
 
-    def show(self, name: str, arch: str) -> Deb822 | None:
-        """The candidate version's record of NAME:ARCH, or None if sid has none."""
+    def versions(self, names: Sequence[str], arch: str) -> list[tuple[str, str, str]]:
+        """(name, version, suite) for every version of NAMES:ARCH in the lists, one apt call.
+
+        Why `apt-cache madison` and not apt's candidate: the candidate is one version across
+        every suite (experimental is NotAutomatic, sid outranks trixie), and
+        `-o APT::Default-Release=SUITE` only raises SUITE's priority, so where SUITE lacks a
+        package the candidate silently comes from another suite. madison lists each version
+        with the sources line (dist) it comes from: "newest in trixie" is exact, and "trixie
+        has none" is knowable."""
+        if not names:
+            return []
+        text = self.run("apt-cache", "madison", *(f"{name}:{arch}" for name in names))
+        rows = []
+        for line in text.splitlines():
+            # 'linux-binary-7.3-loong64:loong64 | 7.3~rc7-1~exp1 |
+            #  http://deb.debian.org/debian experimental/main loong64 Packages'
+            parts = [part.strip() for part in line.split("|")]
+            where = parts[2].split() if len(parts) == 3 else []
+            if len(where) >= 2:
+                rows.append((parts[0].split(":")[0], parts[1], where[1].split("/")[0]))
+        return rows
+
+    def record(self, name: str, arch: str, version: str) -> Deb822 | None:
+        """The index record of NAME:ARCH at VERSION, or None if no list holds it."""
         try:
-            text = self.run("apt-cache", "show", "--no-all-versions", f"{name}:{arch}")
+            text = self.run("apt-cache", "show", f"{name}:{arch}={version}")
         except _AptError as error:
-            if "No packages found" in str(error) or "Unable to locate" in str(error):
+            if "No packages found" in str(error) or "Unable to locate" in str(error) \
+                    or "not found" in str(error):
                 return None
             raise
         for record in Deb822.iter_paragraphs(text.splitlines()):
-            if record.get("Package") == name and record.get("Version"):
+            if record.get("Package") == name and record.get("Version") == version:
                 return record
         return None
+
+    def candidate(self, name: str, arch: str, suite: str) -> Deb822 | None:
+        """The record of the newest version of NAME:ARCH in SUITE, or None if SUITE has none."""
+        found = [version for got, version, where in self.versions([name], arch)
+                 if got == name and where == suite]
+        return self.record(name, arch, max(found, key=Version)) if found else None
 
     def download(self, name: str, arch: str, version: str, into: Path) -> Path:
         """`apt-get download NAME:ARCH=VERSION` into an empty directory; returns the .deb."""
@@ -331,7 +461,7 @@ def _unpacked_package(apt: _Apt, name: str, arch: str, record: Deb822) -> tuple[
         expected = record.get("SHA256")
         if expected and expected != digest:
             raise HarnessError(
-                f"{deb.name} has sha256 {digest}, but the sid index says {expected}: "
+                f"{deb.name} has sha256 {digest}, but the Debian index says {expected}: "
                 "run `hvo-harness fetch` again (the mirror may have been mid-update)"
             )
         tree = tmp / "tree"
@@ -357,72 +487,172 @@ def _run_dpkg_deb(deb: Path, into: Path) -> None:
 # The kernel
 
 
-def _resolve_kernel_abi(apt: _Apt, profile: ArchProfile) -> tuple[str, Deb822, Deb822]:
-    """The newest linux-binary-<abi>-<flavour> for the arch, with its linux-base.
+def _suite_kernel_record(apt: _Apt, profile: ArchProfile, suite: str) -> Deb822 | _Absent:
+    """The package of SUITE's newest kernel for the arch (linux-binary-<abi>-<flavour>, or
+    linux-image-<abi>-<flavour> where there is none), or _Absent when SUITE has neither.
 
     The flavour is the plain generic one, named like the Debian arch (amd64, riscv64,
-    loong64); cloud-, rt- and unsigned- variants don't match the pattern.
+    loong64); cloud-, rt- and unsigned- variants don't match the pattern. Within an ABI
+    linux-binary wins: in sid and experimental linux-image-<abi> is a meta package depending on
+    it, while trixie has no linux-binary and its linux-image holds the image and config.
     """
     flavour = profile.debian_arch
-    pattern = re.compile(rf"^linux-binary-([0-9][^-]*)-{re.escape(flavour)}$")
-    abis = {m.group(1) for name in apt.pkgnames("linux-binary-") if (m := pattern.match(name))}
-    for abi in sorted(abis, key=Version, reverse=True):
-        binary = apt.show(f"linux-binary-{abi}-{flavour}", profile.debian_arch)
-        base = apt.show(f"linux-base-{abi}-{flavour}", profile.debian_arch)
-        if binary is not None and base is not None:
-            return f"{abi}-{flavour}", binary, base
-    raise HarnessError(
-        f"Debian {SUITE} has no linux-binary-*-{flavour} for {profile.debian_arch}: "
-        "check `apt-cache pkgnames linux-binary-` with the harness's apt state, or give --kernel"
-    )
+    pattern = re.compile(rf"^linux-(binary|image)-([0-9][^-]*)-{re.escape(flavour)}$")
+    names = sorted({name for prefix in _KERNEL_PACKAGE_PREFIXES for name in apt.pkgnames(prefix)
+                    if pattern.match(name)})
+    rows = [(name, version) for name, version, where in apt.versions(names, flavour) if where == suite]
+    if not rows:
+        return _Absent(f"Debian {suite} has no linux kernel for {flavour} "
+                       f"(checked linux-binary-*-{flavour} and linux-image-*-{flavour})")
+
+    def rank(row: tuple[str, str]) -> tuple[Version, bool, Version]:
+        match = pattern.match(row[0])
+        assert match is not None
+        return Version(match.group(2)), match.group(1) == "binary", Version(row[1])
+
+    name, version = max(rows, key=rank)
+    record = apt.record(name, flavour, version)
+    if record is None:
+        raise HarnessError(f"apt-cache madison lists {name}:{flavour} {version} but apt-cache show "
+                           "has no record of it: run `hvo-harness fetch` again")
+    return record
 
 
-def _kernel_from_manifest(profile: ArchProfile) -> DebianKernel | None:
-    """The cached kernel if the manifest names one whose files are present and intact."""
-    entry = _read_json(_manifest_path(profile)).get("kernel")
+def _package_kernel_record(apt: _Apt, profile: ArchProfile, spec: DebianKernelSpec) -> Deb822:
+    """The record of PACKAGE:<arch> at VERSION, from whichever suite has it."""
+    assert spec.package is not None and spec.version is not None
+    arch = profile.debian_arch
+    rows = [(version, where) for name, version, where in apt.versions([spec.package], arch)
+            if name == spec.package]
+    record = apt.record(spec.package, arch, spec.version) if any(v == spec.version for v, _ in rows) else None
+    if record is None:
+        known = ", ".join(sorted({v for v, _ in rows}, key=Version, reverse=True)) or "none"
+        raise HarnessError(
+            f"--kernel {spec.text}: Debian ({', '.join(SUITES)}) has no {spec.package}:{arch} "
+            f"{spec.version} (versions there: {known}): list them with "
+            f"`apt-cache -c {apt.root / 'apt.conf'} madison {spec.package}`"
+        )
+    return record
+
+
+def _exact_dependency(record: Deb822, prefixes: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first Depends entry named PREFIX* with an exact version: (name, version)."""
+    for alternatives in PkgRelation.parse_relations(record.get("Depends", "")):
+        for relation in alternatives:
+            version = relation.get("version")
+            if relation["name"].startswith(prefixes) and version and version[0] == "=":
+                return relation["name"], version[1]
+    return None
+
+
+def _kernel_packages(apt: _Apt, record: Deb822, arch: str, depth: int = 0) -> list[Deb822]:
+    """The package that holds the kernel image, first, and the one with its config if that is
+    another (linux-binary-X: linux-base-X). A meta package (sid's and experimental's
+    linux-image-X, linux-image-<flavour>) is followed through its exact-version Depends."""
+    name = record["Package"]
+    if name.startswith("linux-binary-"):
+        base_name = "linux-base-" + name.removeprefix("linux-binary-")
+        pinned = _exact_dependency(record, (base_name,))
+        base = apt.record(base_name, arch, pinned[1] if pinned else record["Version"])
+        if base is None:
+            raise HarnessError(f"{name} {record['Version']} has no {base_name} of its version: "
+                               "Debian changed its kernel packaging; update harness/artefacts.py")
+        return [record, base]
+    target = _exact_dependency(record, ("linux-binary-", "linux-image-"))
+    if target is not None and depth < 3:
+        followed = apt.record(target[0], arch, target[1])
+        if followed is not None:
+            return _kernel_packages(apt, followed, arch, depth + 1)
+    return [record]
+
+
+def _find_kernel_files(trees: Sequence[Path]) -> tuple[str, Path, Path] | None:
+    """(release, image, config) in unpacked packages: usr/lib/modules/<release>/{vmlinuz,config}
+    (linux-binary + linux-base) or /boot/{vmlinuz,config}-<release> (trixie's linux-image; on
+    riscv64 the image is /boot/vmlinux-<release>, the same bootable Image sid calls vmlinuz)."""
+    images = [(p.parent.name, p) for tree in trees for p in sorted(tree.glob("usr/lib/modules/*/vmlinuz"))]
+    images += [(p.name.split("-", 1)[1], p) for tree in trees
+               for pattern in ("boot/vmlinuz-*", "boot/vmlinux-*") for p in sorted(tree.glob(pattern))]
+    for release, image in images:
+        for tree in trees:
+            for config in (tree / "usr/lib/modules" / release / "config", tree / f"boot/config-{release}"):
+                if config.is_file():
+                    return release, image, config
+    return None
+
+
+def _kernel_from_manifest(
+    profile: ArchProfile, spec: DebianKernelSpec = SID_KERNEL
+) -> DebianKernel | _Absent | None:
+    """The cached kernel if the manifest names one whose files are present and intact, or its
+    record that the suite has none for the arch."""
+    entry = _read_json(cache_dir("debian") / spec.manifest_name(profile.name)).get("kernel")
     if not isinstance(entry, dict):
         return None
+    if isinstance(entry.get("absent"), str):
+        return _Absent(entry["absent"])
     try:
         image, config = _abs(entry["image"]), _abs(entry["config"])
         if not image.is_file() or not config.is_file():
             return None
         if sha256_file(image) != entry["image_sha256"]:
             return None
+        packages = tuple(_package_from(p) for p in entry["packages"])
         return DebianKernel(
             arch=profile.name,
             release=entry["release"],
             image=image,
             config=config,
             image_sha256=entry["image_sha256"],
-            packages=tuple(_package_from(p) for p in entry["packages"]),
+            packages=packages,
+            # Manifests from before suites were a choice hold sid's kernel and no suite.
+            suite=entry.get("suite", SUITE),
+            version=entry.get("version", packages[0].version),
+            label=spec.label,
         )
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
         return None
 
 
-def _fetch_kernel(apt: _Apt, profile: ArchProfile) -> DebianKernel:
+def _fetch_kernel(apt: _Apt, profile: ArchProfile, spec: DebianKernelSpec) -> DebianKernel | _Absent:
     apt.update()
-    release, binary_record, base_record = _resolve_kernel_abi(apt, profile)
-    apt.progress(
-        f"{profile.name}: newest sid kernel is {binary_record['Package']} {binary_record['Version']}"
-    )
-    binary, binary_dir = _unpacked_package(apt, binary_record["Package"], profile.debian_arch, binary_record)
-    base, base_dir = _unpacked_package(apt, base_record["Package"], profile.debian_arch, base_record)
-    image = binary_dir / "usr/lib/modules" / release / "vmlinuz"
-    config = base_dir / "usr/lib/modules" / release / "config"
-    for path, package in ((image, binary), (config, base)):
-        if not path.is_file():
-            raise HarnessError(
-                f"{package.name} {package.version} has no usr/lib/modules/{release}/{path.name}: "
-                "Debian changed its kernel packaging; update harness/artefacts.py"
-            )
+    arch = profile.debian_arch
+    manifest = cache_dir("debian") / spec.manifest_name(profile.name)
+    header = {"arch": profile.name, "debian_arch": arch}
+    if spec.suite:
+        found = _suite_kernel_record(apt, profile, spec.suite)
+        if isinstance(found, _Absent):
+            apt.progress(f"{profile.name}: {found.reason}")
+            _update_manifest(manifest, "kernel", {"absent": found.reason, "resolved": _now()},
+                             suite=spec.suite, **header)
+            return found
+        suite = spec.suite
+    else:
+        found = _package_kernel_record(apt, profile, spec)
+        suite = next((where for name, version, where in apt.versions([spec.package or ""], arch)
+                      if version == spec.version), "?")
+    records = _kernel_packages(apt, found, arch)
+    apt.progress(f"{profile.name}: {spec.text} is {records[0]['Package']} {records[0]['Version']} ({suite})")
+    unpacked = [_unpacked_package(apt, r["Package"], arch, r) for r in records]
+    files = _find_kernel_files([tree for _, tree in unpacked])
+    names = " and ".join(f"{package.name} {package.version}" for package, _ in unpacked)
+    if files is None:
+        raise HarnessError(
+            f"{names}: no kernel image and config (usr/lib/modules/*/vmlinuz, boot/vmlinu[xz]-*): "
+            "give a linux-image-* or linux-binary-* package, or update harness/artefacts.py"
+        )
+    release, image, config = files
+    packages = tuple(package for package, _ in unpacked)
     kernel = DebianKernel(
         arch=profile.name,
         release=release,
         image=image,
         config=config,
         image_sha256=sha256_file(image),
-        packages=(binary, base),
+        packages=packages,
+        suite=suite,
+        version=packages[0].version,
+        label=spec.label,
     )
     entry = {
         "release": release,
@@ -430,31 +660,42 @@ def _fetch_kernel(apt: _Apt, profile: ArchProfile) -> DebianKernel:
         "config": _rel(config),
         "image_sha256": kernel.image_sha256,
         "packages": [asdict(p) for p in kernel.packages],
+        "suite": suite,
+        "version": kernel.version,
+        "spec": spec.text,
         "resolved": _now(),
     }
-    _update_manifest(
-        _manifest_path(profile), "kernel", entry, arch=profile.name, debian_arch=profile.debian_arch
-    )
+    _update_manifest(manifest, "kernel", entry, suite=suite, **header)
     return kernel
 
 
 def ensure_debian_kernel(
-    profile: ArchProfile, refresh: bool = False, *, progress: Progress | None = None
+    profile: ArchProfile,
+    refresh: bool = False,
+    *,
+    progress: Progress | None = None,
+    spec: DebianKernelSpec = SID_KERNEL,
 ) -> DebianKernel:
-    """The newest Debian sid kernel for PROFILE, from the cache when it has one.
+    """The Debian kernel SPEC names for PROFILE (default: sid's newest), from the cache when it
+    has one.
 
     refresh=False: a cached kernel is returned without running apt (works offline); apt runs
     only when the cache has none. refresh=True: update the lists and re-resolve; if that fails
     but a cache exists, the cache is kept and PROGRESS is told why.
+    Raises KernelUnavailable when SPEC's suite has no kernel for the arch (experimental for
+    riscv64); that too is recorded, so a second run asks no network.
     """
-    return _ensure(
-        what=f"the Debian {SUITE} kernel for {profile.name}",
+    found = _ensure(
+        what=f"the Debian kernel {spec.text} for {profile.name}",
         lock=cache_dir("debian") / f".lock-{profile.name}",
-        cached=lambda: _kernel_from_manifest(profile),
-        fetch=lambda apt: _fetch_kernel(apt, profile),
+        cached=lambda: _kernel_from_manifest(profile, spec),
+        fetch=lambda apt: _fetch_kernel(apt, profile, spec),
         refresh=refresh,
         progress=progress,
     )
+    if isinstance(found, _Absent):
+        raise KernelUnavailable(found.reason)
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,7 +717,7 @@ def _busybox_from_manifest(profile: ArchProfile) -> Busybox | None:
 
 def _fetch_busybox(apt: _Apt, profile: ArchProfile) -> Busybox:
     apt.update()
-    record = apt.show("busybox-static", profile.debian_arch)
+    record = apt.candidate("busybox-static", profile.debian_arch, SUITE)
     if record is None:
         raise HarnessError(
             f"Debian {SUITE} has no busybox-static for {profile.debian_arch}: "
@@ -562,9 +803,8 @@ def _fetch_source(apt: _Apt) -> Path:
     )
     record = None
     for candidate in series:
-        record = apt.show(f"linux-source-{candidate}", "all") or apt.show(
-            f"linux-source-{candidate}", APT_ARCHITECTURES[0]
-        )
+        # Only sid's: trixie's 6.12 and experimental's release candidates are in the same lists.
+        record = apt.candidate(f"linux-source-{candidate}", APT_ARCHITECTURES[0], SUITE)
         if record is not None:
             break
     if record is None:
@@ -696,26 +936,42 @@ def fetch(
     refresh: bool = True,
     with_source: bool = True,
     progress: Progress | None = None,
+    kernels: Sequence[DebianKernelSpec] = (SID_KERNEL,),
 ) -> dict[str, Any]:
-    """Fill the cache for PROFILES (kernel + busybox each, and the source); return a summary.
+    """Fill the cache for PROFILES (each of KERNELS + busybox per arch, and the source); return
+    a summary.
 
-    The summary is JSON-ready: the cache root, per arch the kernel release, paths, sha256 and
-    package versions, and the source tree, plus how long it took.
+    The summary is JSON-ready: the cache root, per arch and kernel (under "kernels", by label)
+    the release, paths, sha256 and package versions, or "skip" with the reason where the suite
+    has no kernel for the arch; with one kernel its fields are also the arch's own, as before
+    suites were a choice. Then the source tree, and how long it took.
     """
     started = time.monotonic()
-    summary: dict[str, Any] = {"cache": str(cache_root()), "suite": SUITE, "arches": {}}
+    summary: dict[str, Any] = {"cache": str(cache_root()), "suite": SUITE,
+                               "kernels": [spec.text for spec in kernels], "arches": {}}
     for profile in profiles:
-        kernel = ensure_debian_kernel(profile, refresh, progress=progress)
         busybox = ensure_busybox(profile, refresh, progress=progress)
-        summary["arches"][profile.name] = {
-            "release": kernel.release,
-            "image": str(kernel.image),
-            "image_sha256": kernel.image_sha256,
-            "config": str(kernel.config),
-            "busybox": str(busybox.path),
-            "packages": [asdict(p) for p in (*kernel.packages, busybox.package)],
-            "manifest": str(_manifest_path(profile)),
-        }
+        entry: dict[str, Any] = {"busybox": str(busybox.path), "kernels": {}}
+        for spec in kernels:
+            manifest = str(cache_dir("debian") / spec.manifest_name(profile.name))
+            try:
+                kernel = ensure_debian_kernel(profile, refresh, progress=progress, spec=spec)
+            except KernelUnavailable as missing:
+                entry["kernels"][spec.label] = {"skip": missing.reason, "manifest": manifest}
+                continue
+            entry["kernels"][spec.label] = {
+                "suite": kernel.suite,
+                "version": kernel.version,
+                "release": kernel.release,
+                "image": str(kernel.image),
+                "image_sha256": kernel.image_sha256,
+                "config": str(kernel.config),
+                "packages": [asdict(p) for p in (*kernel.packages, busybox.package)],
+                "manifest": manifest,
+            }
+        if len(kernels) == 1:
+            entry.update(next(iter(entry["kernels"].values())))
+        summary["arches"][profile.name] = entry
     if with_source:
         tree = ensure_linux_source(refresh, progress=progress)
         source = _read_json(_source_manifest_path()).get("source", {})

@@ -20,11 +20,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 
 from harness import artefacts, dmesg, pipeline, report, vng
+from harness import bisect as bisect_steps
 from harness.errors import HarnessError
 from harness.profiles import ARCH_NAMES, parse_arch_list, with_node_memory
 from harness.results import Results, write_json
@@ -50,8 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="boot each arch with HVO on and off and judge it")
     run.add_argument("--arch", default="all", help="x86_64,riscv64,loongarch64 or all (default)")
-    run.add_argument("--kernel", default="debian",
-                     help="'debian' (sid's newest prebuilt kernel, the default) or an image path")
+    run.add_argument("--kernel", default=None, metavar="SPEC[,SPEC...]|PATH",
+                     help="debian:sid (the default; 'debian' too), debian:trixie, debian:experimental, "
+                          "debian:PACKAGE=VERSION, comma-separated for a release matrix; or an image path")
     run.add_argument("--config", type=Path, help="the kernel's .config, for a --kernel PATH")
     run.add_argument("--hvo", default="on,off", help="hugetlb_free_vmemmap settings to boot (on,off)")
     run.add_argument("--append", default="", help="extra kernel command-line arguments")
@@ -82,8 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="download Debian's kernels, busybox and source")
     fetch.add_argument("--arch", default="all")
     fetch.add_argument("--no-source", action="store_true", help="skip linux-source")
+    fetch.add_argument("--kernel", default="debian:sid", metavar="SPEC[,SPEC...]",
+                       help="the Debian kernels to fetch, as for run --kernel (default debian:sid)")
     _results_commands(commands)
     _ci_command(commands)
+    _bisect_commands(commands)
+    _repro_commands(commands)
     return parser
 
 
@@ -130,6 +136,9 @@ def _tree_build(args: argparse.Namespace) -> pipeline.TreeBuild | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bisect-run"]:
+        return _bisect_run_main(argv)  # its own exit codes, for git bisect run
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -144,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             return _results_command(args)
         if args.command == "ci":
             return _ci(args)
+        if args.command == "bisect":
+            return _bisect(args)
+        if args.command in REPRO_COMMANDS:
+            return _repro_command(args)
     except HarnessError as error:
         _err.print(f"hvo-harness: error: {error}", markup=False, highlight=False)
         return EXIT_SETUP
@@ -158,18 +171,19 @@ def _run(args: argparse.Namespace) -> int:
     _check_timeout(args.timeout)
     if args.jobs < 1:
         raise HarnessError(f"--jobs {args.jobs}: give how many arches boot at once, 1 or more")
-    if args.kernel != "debian" and len(profiles) > 1:
-        raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
     tree_build = _tree_build(args)
-    if tree_build and args.kernel != "debian":
+    if tree_build and args.kernel is not None:
         raise HarnessError("--kernel and --tree both name the kernel to boot: give one")
-    if args.config and args.kernel == "debian":
+    kernel = args.kernel if args.kernel is not None else "debian:sid"
+    # The spec's own checks (an empty item, a suite twice, a path with several arches) are
+    # MatrixRequest.check's, below; --config with no kernel path is said here in CLI terms.
+    if args.config and not tree_build and not isinstance(pipeline.parse_kernels(kernel)[0], Path):
         raise HarnessError("--config is the .config of a --kernel PATH: give --kernel too, or omit "
                            "--config (Debian's and --tree kernels come with their own)")
     if args.node_mem:
         profiles = [with_node_memory(p, args.node_mem) for p in profiles]
     request = pipeline.MatrixRequest(
-        profiles=profiles, kernel=args.kernel, config=args.config, hvo_settings=settings,
+        profiles=profiles, kernel=kernel, config=args.config, hvo_settings=settings,
         append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
         build=tree_build, backend=args.backend,
     )
@@ -422,9 +436,15 @@ def _parse(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     profiles = parse_arch_list(args.arch)
+    specs = [spec for spec in pipeline.parse_kernels(args.kernel)
+             if isinstance(spec, artefacts.DebianKernelSpec)]
+    if not specs:
+        raise HarnessError(f"--kernel {args.kernel}: fetch fills the cache with Debian kernels: "
+                           "give debian:sid, debian:trixie, ... (an image path needs no fetch)")
+    pipeline.MatrixRequest(profiles=profiles, kernel=args.kernel).check_kernels()
     progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
     summary = artefacts.fetch(profiles, refresh=True, with_source=not args.no_source,
-                              progress=progress)
+                              progress=progress, kernels=specs)
     print(json.dumps(summary, indent=2, default=str))
     return EXIT_PASS
 
@@ -518,6 +538,218 @@ def _ci(args: argparse.Namespace) -> int:
         raise _unwritable(args.out, error) from None
     print(args.out)
     return EXIT_PASS
+
+
+
+# --- bisect-run and bisect: find the commit that broke it (harness/bisect.py) -----------------
+
+# `git bisect run` takes 0 as good, 125 as skip, 1..127 as bad and anything above 127 as "stop
+# the bisect". So an error that does not depend on the commit (bad usage, no QEMU, no cross
+# compiler, an unwritable --out) exits 128: exit 2, the CLI's usual set-up code, would mark the
+# commit bad and send the bisect the wrong way.
+BISECT_GOOD, BISECT_BAD, BISECT_SKIP, BISECT_ABORT = 0, 1, 125, 128
+_BISECT_RUN_EPILOG = """\
+exit codes (for `git bisect run`): 0 good, 1 bad, 125 skip (the commit does not build, or
+the boot stopped before it could show the check), 128 abort (an error that does not depend on
+the commit: bad usage, QEMU or the cross compiler missing, an unwritable --out; git bisect run
+stops on any code above 127 instead of marking the commit bad).
+
+CHECK (what bad means): any (default: any finding or failed scenario), function:NAME (a finding
+in that function), check:NAME (a named check, e.g. sparse_init-memmap-alignment),
+scenario:GLOB (a matching scenario fails, e.g. '1G/boot/node0/*'), savings (expected != measured
+vmemmap savings). A boot without the finding is good only if it ran to its end (every scenario
+ran, the kernel log is whole); otherwise the step is a skip."""
+
+
+def _step_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", required=True, help="x86_64, riscv64 or loongarch64")
+    parser.add_argument("--variant", help="kconfig variant: base, debug, debug+4k, ... (default base)")
+    parser.add_argument("--toolchain", choices=("gcc", "llvm"),
+                        help="default: the arch's first (gcc; llvm for loongarch64)")
+    parser.add_argument("--check", default="any", help="what bad means (see below; default any)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="boots per step (default 1)")
+    parser.add_argument("--need", type=int, metavar="K",
+                        help="bad only when K of the N boots are bad (default: 1)")
+    parser.add_argument("--hvo", default="on", choices=("on", "off"),
+                        help="hugetlb_free_vmemmap setting of each boot (default on)")
+    parser.add_argument("--timeout", type=float, default=pipeline.DEFAULT_TIMEOUT,
+                        help="seconds a boot may take before it is ended as hung")
+
+
+def _bisect_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "bisect-run", help="one step for `git bisect run`: build the checked-out tree, boot, judge",
+        epilog=_BISECT_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _step_arguments(run)
+    run.add_argument("--tree", type=Path, default=Path("."),
+                     help="the kernel tree git bisect checks out (default: the current directory)")
+    run.add_argument("--out", type=Path,
+                     help="directory for the steps' logs (default: <cache>/bisect-run/<tree>-<hash>/)")
+    bisect = commands.add_parser(
+        "bisect", help="find the first bad commit between --good and --bad (git bisect in a worktree)",
+        epilog="exit codes: 0 a first bad commit was found, 1 none could be (an end did not verify, "
+               "or only skipped commits are left), 2 usage or set-up.\n\n"
+               + _BISECT_RUN_EPILOG.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _step_arguments(bisect)
+    bisect.add_argument("--tree", type=Path, required=True, help="the kernel git repository (never moved)")
+    bisect.add_argument("--good", required=True, help="a commit where CHECK does not fail")
+    bisect.add_argument("--bad", required=True, help="a later commit where it fails")
+    bisect.add_argument("--out", type=Path, default=Path("hvo-bisect"),
+                        help="directory for bisect/ (steps, bisect.json, the worktree; default ./hvo-bisect)")
+
+
+def _step_config(args: argparse.Namespace) -> bisect_steps.StepConfig:
+    from harness.profiles import get_profile
+
+    _check_timeout(args.timeout)
+    config = bisect_steps.StepConfig(
+        profile=get_profile(args.arch), variant=args.variant, toolchain=args.toolchain,
+        check=bisect_steps.parse_check(args.check), repeat=args.repeat,
+        need=args.need if args.need is not None else 1, hvo=args.hvo, timeout=args.timeout)
+    config.check_setup()
+    return config
+
+
+def _bisect_run_main(argv: list[str]) -> int:
+    """bisect-run's whole life, with git bisect run's exit codes (BISECT_*)."""
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        return BISECT_ABORT if exit_.code not in (0, None) else EXIT_PASS  # --help is 0
+    try:
+        config = _step_config(args)
+        tree = args.tree.expanduser().resolve()
+        from harness import trees
+
+        trees.check_tree(tree)
+        out = args.out.expanduser().resolve() if args.out else bisect_steps.default_run_dir(tree)
+        bisect_steps.check_out_dir(out, tree)
+        _check_out_dir(out)
+        with _sigterm_as_interrupt():
+            step = bisect_steps.bisect_run(tree, config, out, progress)
+    except HarnessError as error:
+        _err.print(f"hvo-harness: error: {error} (bisect aborted: exit {BISECT_ABORT})",
+                   markup=False, highlight=False)
+        return BISECT_ABORT
+    except KeyboardInterrupt:
+        _err.print("hvo-harness: interrupted (bisect aborted)", markup=False, highlight=False)
+        return BISECT_ABORT
+    print(bisect_steps.step_line(step))
+    print(f"step log: {step.dir}/ (bisect-run.log in {out})")
+    return {"good": BISECT_GOOD, "bad": BISECT_BAD, "skip": BISECT_SKIP}[step.outcome]
+
+
+def _bisect(args: argparse.Namespace) -> int:
+    config = _step_config(args)
+    _check_out_dir(args.out)
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    request = bisect_steps.BisectRequest(args.tree.expanduser().resolve(), args.good, args.bad, config,
+                                         args.out.expanduser().resolve())
+    with _sigterm_as_interrupt():
+        try:
+            outcome = bisect_steps.bisect(request, progress)
+        except KeyboardInterrupt:
+            _err.print(f"hvo-harness: interrupted; rerun the same command to resume ({request.dir})",
+                       markup=False, highlight=False)
+            return 130
+    if outcome.status != "found":
+        # One line, and nothing blamed.
+        _err.print(f"hvo-harness: bisect: {outcome.message}", markup=False, highlight=False)
+        print(f"bisect: no first bad commit; steps: {outcome.state}")
+        return EXIT_FAIL
+    print(f"first bad commit: {outcome.first_bad} {outcome.subject}")
+    if outcome.excerpt:
+        print("finding:")
+        print("\n".join(f"    {line}" for line in outcome.excerpt.splitlines()))
+    print(f"reproducer: {outcome.repro or '(none written)'}")
+    print(f"steps: {outcome.state}")
+    return EXIT_PASS
+
+
+# --- repro and triage: a failing boot's bundle booted again (harness/repro.py, triage.py) ------
+
+REPRO_COMMANDS = ("repro", "triage")
+
+
+def _repro_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    repro = commands.add_parser("repro", help="rerun a failing boot's reproducer bundle through the "
+                                              "harness; exit 0 when the verdict and findings are the same")
+    repro.add_argument("bundle", type=Path, help="a bundle directory, <out>/repro/<boot>/ of a run")
+    repro.add_argument("--out", type=Path, help="directory for the rerun (default BUNDLE/rerun-<UTC time>/)")
+    repro.add_argument("--timeout", type=float, help="seconds the boot may take (default: the bundle's)")
+
+    triage = commands.add_parser("triage", help="rerun failing boots under variations (vCPUs, TCG, CPU "
+                                                "model, nodes, machine, HVO, kernel release), one boot each")
+    triage.add_argument("results", type=Path, help="a results JSON (hvo-harness/1); the triage goes into it")
+    triage.add_argument("--boot", metavar="NAME",
+                        help="the failing boot: its name, e.g. x86_64-hvo-on (default: every failing boot)")
+    triage.add_argument("--only", metavar="V1,V2", help="only these variations, e.g. hvo-off,cpu-qemu64")
+    triage.add_argument("--out", type=Path,
+                        help="logs go to OUT/triage/<boot>/<variation>/ (default: the results "
+                             "file's directory)")
+
+
+def _repro_command(args: argparse.Namespace) -> int:
+    from harness import bundle, repro, triage
+
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    stop = threading.Event()
+    with _sigterm_as_interrupt():
+        try:
+            if args.command == "repro":
+                if args.timeout is not None:
+                    _check_timeout(args.timeout)
+                loaded = bundle.load(args.bundle)
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+                out_dir: Path = args.out or loaded.path / f"rerun-{stamp}"
+                _check_out_dir(out_dir)
+                run = repro.rerun(loaded, out_dir, repro.Overrides(timeout=args.timeout), progress, stop)
+                results = pipeline.new_results()
+                results.runs = [run]
+                results.write(out_dir / "results.json")
+                comparison = repro.compare_with_bundle(loaded, run)
+                original = loaded.spec["original"]
+                print(f"rerun of {loaded.stem} in {out_dir}/")
+                print(f"original: {original['verdict'].upper()}: {original['verdict_reason']}")
+                print(f"rerun:    {repro.summary_line(run)}")
+                for line in comparison.lines():
+                    print(line)
+                print("reproduced: yes, the same verdict and findings" if comparison.reproduced
+                      else "reproduced: NO")
+                return EXIT_PASS if comparison.reproduced else EXIT_FAIL
+            only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+            if args.out is not None:
+                _check_out_dir(args.out)
+            reports = triage.triage(args.results, args.boot, only, args.out, progress, stop)
+        except KeyboardInterrupt as interrupt:
+            stop.set()
+            name = "SIGTERM" if isinstance(interrupt, _Terminated) else "SIGINT"
+            _err.print(f"hvo-harness: interrupted by {name}; what ran so far is kept", markup=False,
+                       highlight=False)
+            return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
+    _print_triage(reports, args.results)
+    return EXIT_PASS
+
+
+def _print_triage(reports: list[Any], results: Path) -> None:
+    from rich.table import Table
+
+    from harness import triage
+
+    out = Console(width=None if sys.stdout.isatty() else 220)
+    for done in reports:
+        table = Table(title=f"triage of {done.boot}")
+        for column in ("variation", "verdict", "outcome", "findings", "failing scenarios"):
+            table.add_column(column, overflow="fold")
+        table.add_column("detail", overflow="fold", ratio=1)
+        for row in triage.table_lines(done):
+            table.add_row(*row)
+        out.print(table)
+        out.print(f"{done.boot}: {triage.conclude(done.rows)}", highlight=False, markup=False)
+        out.print(f"logs: {done.out_dir}/<variation>/; table in {results} (runs[].triage)",
+                  highlight=False, markup=False)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,17 @@
 
 Runs are matched by (arch, variant, HVO requested) and scenarios within them by name
 (`SIZE/MODE/nodeN/hvo-ON|OFF-VIA`), so a new kernel is compared with the base kernel booted the
-same way. Findings are matched by what they are (kind, function, file), never by their text,
+same way. When either file is a release matrix (two runs of one arch, variant and setting: e.g.
+trixie's and sid's kernels) the Debian release joins the key, so trixie is compared with trixie
+and sid with sid; a file with one kernel per arch is matched across releases as across sid's
+versions (the nightly case), and a change of release is listed.
+
+A run with verdict skip (not booted: e.g. the suite has no kernel for the arch) is a regression
+when the base run was booted, whatever its verdict: what was tested no longer is, and a skip
+must not hide a failure that went away with the boot. It is no change when the base was also a
+skip (the arch was not runnable before either). A skip in the base followed by a boot is judged
+by the new verdict: pass an improvement, fail or error a regression, as a scenario's skip ->
+fail is. Findings are matched by what they are (kind, function, file), never by their text,
 which carries timestamps, addresses and pfns that differ on every boot.
 """
 
@@ -22,7 +32,7 @@ from harness.results import Results, Run, Scenario
 RunKey = tuple[str, str | None, str]
 Severity = Literal["regression", "improvement", "change"]
 
-_VERDICT_RANK = {"pass": 0, "fail": 1, "error": 2}
+_VERDICT_RANK = {"pass": 0, "fail": 1, "error": 2}  # "skip" is judged apart (_compare_skip)
 _SAVINGS_FIELDS = ("expected", "claimed", "measured")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _REASON_LIMIT = 160
@@ -34,7 +44,7 @@ class Change:
 
     severity: Severity
     # What kind of difference: run-gone, run-new, scenario-gone, scenario-new, status, verdict,
-    # hvo-state, vmemmap, finding-new, finding-gone.
+    # hvo-state, vmemmap, finding-new, finding-gone, kernel (another release, a "change").
     kind: str
     where: str
     what: str
@@ -58,8 +68,24 @@ class Comparison:
         return self.of("improvement")
 
 
-def run_key(run: Run) -> RunKey:
-    return (run.arch, run.variant, run.hvo.requested)
+def run_release(run: Run) -> str | None:
+    """A Debian kernel's release label ('trixie'); files from before labels hold sid's."""
+    if run.kernel.label:
+        return run.kernel.label
+    source = run.kernel.source
+    return (source.get("suite") or "sid") if source.get("type") == "debian" else None
+
+
+def run_key(run: Run, with_release: bool = False) -> RunKey:
+    """(arch, variant, HVO requested); WITH_RELEASE: a Debian kernel's release in the variant's
+    place (a Debian kernel has no variant), to tell a release matrix's runs apart."""
+    unit = run.variant or (run_release(run) if with_release else None)
+    return (run.arch, unit, run.hvo.requested)
+
+
+def _is_matrix(results: Results) -> bool:
+    keys = [run_key(run) for run in results.runs]
+    return len(set(keys)) != len(keys)
 
 
 def run_label(key: RunKey) -> str:
@@ -67,10 +93,10 @@ def run_label(key: RunKey) -> str:
     return f"{arch}{'/' + variant if variant else ''} hvo={hvo}"
 
 
-def _runs_by_key(results: Results, label: str) -> dict[RunKey, Run]:
+def _runs_by_key(results: Results, label: str, with_release: bool) -> dict[RunKey, Run]:
     runs: dict[RunKey, Run] = {}
     for run in results.runs:
-        key = run_key(run)
+        key = run_key(run, with_release)
         if key in runs:
             raise HarnessError(
                 f"{label} has two runs of {run_label(key)}: compare needs one run per arch, "
@@ -157,9 +183,33 @@ def _compare_findings(where: str, base: Run, new: Run) -> list[Change]:
     return changes
 
 
+def _kernel_name(run: Run) -> str:
+    """'trixie 6.12.117-1': the release and the Debian version, else the kernel's release."""
+    version = run.kernel.source.get("version") if run.kernel.source.get("type") == "debian" else None
+    name = " ".join(str(part) for part in (run_release(run), version) if part)
+    return _printable(name or run.kernel.release or "unknown")
+
+
+def _compare_skip(where: str, base: Run, new: Run) -> list[Change]:
+    """Either run was not booted (verdict skip): one change for the run, no scenario-level ones
+    (a skip has no scenarios, so each would only repeat it)."""
+    if base.verdict == new.verdict == "skip":
+        return []
+    what = f"verdict {base.verdict} -> {new.verdict}: {_printable(new.verdict_reason)}"
+    if new.verdict == "skip":
+        return [Change("regression", "verdict", where, what + " (not booted: no longer tested)")]
+    return [Change("improvement" if new.verdict == "pass" else "regression", "verdict", where, what)]
+
+
 def _compare_runs(key: RunKey, base: Run, new: Run, base_label: str, new_label: str,
                   comparison: Comparison) -> None:
     where = run_label(key)
+    if run_release(base) != run_release(new):
+        comparison.changes.append(Change("change", "kernel", where,
+                                         f"kernel {_kernel_name(base)} -> {_kernel_name(new)}"))
+    if "skip" in (base.verdict, new.verdict):
+        comparison.changes += _compare_skip(where, base, new)
+        return
     old_rank, new_rank = _VERDICT_RANK[base.verdict], _VERDICT_RANK[new.verdict]
     if old_rank != new_rank:
         severity: Severity = "regression" if new_rank > old_rank else "improvement"
@@ -194,8 +244,9 @@ def compare(base: Results, new: Results, base_label: str = "base", new_label: st
     """Every difference between BASE and NEW that matters for HVO, each marked as a regression,
     an improvement or a neutral change."""
     comparison = Comparison()
-    base_runs = _runs_by_key(base, base_label)
-    new_runs = _runs_by_key(new, new_label)
+    with_release = _is_matrix(base) or _is_matrix(new)
+    base_runs = _runs_by_key(base, base_label, with_release)
+    new_runs = _runs_by_key(new, new_label, with_release)
     for key, base_run in base_runs.items():
         new_run = new_runs.get(key)
         if new_run is None:

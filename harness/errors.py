@@ -7,3 +7,13 @@ class HarnessError(Exception):
     The message is one line and names the fix, e.g.
     "qemu-system-riscv64 not found: install it with `make deps` (Debian: qemu-system-misc)".
     """
+
+
+class KernelUnavailable(HarnessError):
+    """The Debian suite (or package) asked for has no kernel for this arch, e.g. experimental
+    for riscv64. Not a set-up error of the run: the matrix records that arch's boots as verdict
+    "skip" with `reason`, and boots the rest."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

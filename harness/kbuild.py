@@ -39,6 +39,13 @@ _UNSET = re.compile(r"^# (CONFIG_\w+) is not set")
 _BUILD_LOCK = threading.Lock()
 
 
+class BuildFailed(HarnessError):
+    """The tree did not configure or build (make, merge_config.sh or a fragment's option failed).
+
+    It depends on the tree's state, not on the machine: `hvo-harness bisect` skips such a commit,
+    where a set-up error (no compiler, a bad variant) aborts the whole bisect."""
+
+
 @dataclass(frozen=True)
 class Variant:
     """A named set of fragments on top of common + arch: e.g. 'debug+16k'."""
@@ -158,7 +165,7 @@ def check_config(config: dict[str, str], fragments: tuple[Path, ...]) -> None:
         others = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
         name = fragment.relative_to(KCONFIGS.parent) if fragment.is_relative_to(KCONFIGS.parent) else fragment
         shown = "not set" if got == "n" else got
-        raise HarnessError(
+        raise BuildFailed(
             f"kconfig: {option}={want} from {name} did not stick after olddefconfig "
             f"(it is {shown}){others}: the option does not exist or its dependencies are not met; "
             "fix the fragment"
@@ -237,7 +244,7 @@ def _run_make(tree: Path, out: Path, make_vars: list[str], targets: list[str], l
         status = proc.wait()
     if status != 0:
         cause = first_error or last_line or "?"
-        raise HarnessError(f"{label}: make {' '.join(targets)} failed: {cause[:200]} (log: {log})")
+        raise BuildFailed(f"{label}: make {' '.join(targets)} failed: {cause[:200]} (log: {log})")
 
 
 def configure(request: BuildRequest, tree: Path, out: Path, log: Path,
@@ -256,11 +263,62 @@ def configure(request: BuildRequest, tree: Path, out: Path, log: Path,
         sink.write(done.stdout + done.stderr)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        raise HarnessError(f"{label}: merge_config.sh failed: {last}")
+        raise BuildFailed(f"{label}: merge_config.sh failed: {last}")
     _run_make(tree, out, make_vars, ["olddefconfig"], log, label, progress)
     config = out / ".config"
     check_config(kconfig.read(config), request.variant.fragments)
     return config
+
+
+def _cache_entry(request: BuildRequest, key: str) -> Path:
+    return cache_dir("builds") / request.profile.name / f"{request.variant.name}-{key[:16]}"
+
+
+def _cached(where: Path, label: str, progress: Progress | None) -> BuiltKernel | None:
+    """The build cache's entry WHERE, if it is whole (its image has the recorded hash)."""
+    metadata_path = where / "metadata.json"
+    if not metadata_path.exists():
+        return None
+    metadata = json.loads(metadata_path.read_text())
+    image = Path(str(metadata["image"]))
+    if not image.exists() or sha256_file(image) != metadata["image_sha256"]:
+        return None
+    if progress:
+        progress(f"{label}: cached build {where}")
+    return BuiltKernel(image, where / "build" / ".config", str(metadata["release"]),
+                       metadata, metadata_path, built=False)
+
+
+def _release(out: Path, request: BuildRequest) -> str:
+    release_file = out / "include/config/kernel.release"
+    return release_file.read_text().strip() if release_file.exists() else request.state.version
+
+
+def _metadata(request: BuildRequest, versions: dict[str, str], key: str, config: Path, image: Path,
+              release: str, log: Path, started_at: str, started: float,
+              applied: dict[str, str]) -> dict[str, object]:
+    return {
+        "harness_version": __version__,
+        "arch": request.profile.name,
+        "variant": request.variant.name,
+        "page_size": request.variant.page_size,
+        # With a series: the commit git am made (and the base commit the state keys on).
+        "source": {**request.state.as_source(), **applied,
+                   **({"base_commit": request.state.commit} if applied else {})},
+        "base_config": BASE_CONFIG,
+        "fragments": [{"path": str(p), "sha256": sha256_file(p)} for p in request.variant.fragments],
+        "config": str(config),
+        "config_sha256": sha256_file(config),
+        "toolchain": {"name": request.toolchain.name, "make_vars": _make_vars(request),
+                      "versions": versions, "ccache": shutil.which("ccache") is not None},
+        "image": str(image),
+        "image_sha256": sha256_file(image),
+        "release": release,
+        "build_log": str(log),
+        "started": started_at,
+        "duration_seconds": round(time.monotonic() - started, 1),
+        "key": key,
+    }
 
 
 def build(request: BuildRequest, progress: Progress | None = None) -> BuiltKernel:
@@ -268,17 +326,11 @@ def build(request: BuildRequest, progress: Progress | None = None) -> BuiltKerne
     versions = _versions(request.toolchain)
     key = build_key(request, versions)
     label = f"{request.profile.name} {request.variant.name}"
-    where = cache_dir("builds") / request.profile.name / f"{request.variant.name}-{key[:16]}"
+    where = _cache_entry(request, key)
     metadata_path = where / "metadata.json"
     with _BUILD_LOCK, _file_lock(where.parent / f".{where.name}.lock"):
-        if metadata_path.exists():
-            metadata = json.loads(metadata_path.read_text())
-            image = Path(str(metadata["image"]))
-            if image.exists() and sha256_file(image) == metadata["image_sha256"]:
-                if progress:
-                    progress(f"{label}: cached build {where}")
-                return BuiltKernel(image, where / "build" / ".config", str(metadata["release"]),
-                                   metadata, metadata_path, built=False)
+        if cached := _cached(where, label, progress):
+            return cached
         if where.exists():
             shutil.rmtree(where)
         out = where / "build"
@@ -299,36 +351,132 @@ def build(request: BuildRequest, progress: Progress | None = None) -> BuiltKerne
             applied = trees.head(tree) if request.source.patches else {}
         image = out / request.profile.build.image
         if not image.exists():
-            raise HarnessError(
+            raise BuildFailed(
                 f"{label}: make succeeded but left no {request.profile.build.image} (log: {log})"
             )
-        release_file = out / "include/config/kernel.release"
-        release = release_file.read_text().strip() if release_file.exists() else request.state.version
-        metadata: dict[str, object] = {
-            "harness_version": __version__,
-            "arch": request.profile.name,
-            "variant": request.variant.name,
-            "page_size": request.variant.page_size,
-            # With a series: the commit git am made (and the base commit the state keys on).
-            "source": {**request.state.as_source(), **applied,
-                       **({"base_commit": request.state.commit} if applied else {})},
-            "base_config": BASE_CONFIG,
-            "fragments": [{"path": str(p), "sha256": sha256_file(p)} for p in request.variant.fragments],
-            "config": str(config),
-            "config_sha256": sha256_file(config),
-            "toolchain": {"name": request.toolchain.name, "make_vars": _make_vars(request),
-                          "versions": versions, "ccache": shutil.which("ccache") is not None},
-            "image": str(image),
-            "image_sha256": sha256_file(image),
-            "release": release,
-            "build_log": str(log),
-            "started": started_at,
-            "duration_seconds": round(time.monotonic() - started, 1),
-            "key": key,
-        }
+        release = _release(out, request)
+        metadata = _metadata(request, versions, key, config, image, release, log, started_at,
+                             started, applied)
         tmp = metadata_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(metadata, indent=2) + "\n")
         tmp.replace(metadata_path)
         if progress:
             progress(f"{label}: built {image.name} in {metadata['duration_seconds']}s")
         return BuiltKernel(image, config, release, metadata, metadata_path, built=True)
+
+
+# --- Incremental builds, for bisecting: one O= directory reused commit after commit --------------
+
+def _config_key(request: BuildRequest, versions: dict[str, str]) -> str:
+    """What the O= directory's .config and objects depend on besides the tree: when it changes
+    (a fragment edited, another compiler version) the directory is configured from scratch."""
+    key = {
+        "base": BASE_CONFIG,
+        "fragments": [[p.name, p.read_text()] for p in request.variant.fragments],
+        "toolchain": [request.toolchain.name, _make_vars(request), versions],
+        "target": request.profile.build.target,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def incremental_dir(request: BuildRequest) -> Path:
+    """The persistent O= directory of (tree path, arch, variant, toolchain): kbuild's objects
+    record the source paths they were built from, so one tree path has one directory."""
+    ident = json.dumps([str(Path(request.source.tree).resolve()), request.profile.name,
+                        request.variant.name, request.toolchain.name])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_dir("builds") / request.profile.name / "incremental" / f"{request.variant.name}-{digest}"
+
+
+def build_incremental(request: BuildRequest, into: Path, progress: Progress | None = None) -> BuiltKernel:
+    """Build the tree's current state in its persistent O= directory (incremental_dir), so that
+    make rebuilds only what changed since the last state built there, and copy the image and
+    .config into INTO/kernel/ (each bisect step keeps its own kernel; the directory moves on).
+
+    A state already in the ordinary build cache (build()) is taken from there. The directory
+    is configured from scratch (tinyconfig, fragments, olddefconfig) when it is new or the
+    fragments or toolchain changed; otherwise `make olddefconfig` settles the .config for this
+    tree's Kconfig (a commit may add or drop options). Either way every option a fragment asks
+    for is checked again. A failure of make or of the config is BuildFailed; its log is
+    INTO/build.log."""
+    if request.source.patches:
+        raise HarnessError("incremental builds take a tree as it is checked out, without --patches")
+    versions = _versions(request.toolchain)
+    key = build_key(request, versions)
+    label = f"{request.profile.name} {request.variant.name}"
+    kernel_dir = into / "kernel"
+    log = into / "build.log"
+    into.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    entry = _cache_entry(request, key)
+    with _BUILD_LOCK, _file_lock(entry.parent / f".{entry.name}.lock"):
+        cached = _cached(entry, label, progress)
+    if cached is not None:
+        log.write_text(f"# the build cache had this tree state: {entry}\n")
+        return _keep(cached, kernel_dir, cached.metadata, built=False)
+    where = incremental_dir(request)
+    out = where / "build"
+    config_key = _config_key(request, versions)
+    key_file = where / "config-key"
+    started = time.monotonic()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    tree = Path(request.source.tree)
+    with _BUILD_LOCK, _file_lock(where.parent / f".{where.name}.lock"):
+        reuse = (out / ".config").is_file() and key_file.is_file() and key_file.read_text() == config_key
+        if reuse:
+            if progress:
+                progress(f"{label}: incremental build of {request.state.describe or tree} in {out}")
+            config = out / ".config"
+            try:
+                _run_make(tree, out, _make_vars(request), ["olddefconfig"], log, label, progress)
+                check_config(kconfig.read(config), request.variant.fragments)
+            except BuildFailed as error:
+                # The .config carried over from another commit (or left by an interrupted
+                # step) may be what fails: a fresh one decides whether this commit's does.
+                with log.open("a") as sink:
+                    sink.write(f"# the reused .config failed ({error}); configuring from scratch\n")
+                reuse = False
+        if not reuse:
+            if where.exists():
+                shutil.rmtree(where)
+            out.mkdir(parents=True)
+            if progress:
+                progress(f"{label}: configuring {out} for incremental builds ({BASE_CONFIG} + "
+                         f"{', '.join(p.stem for p in request.variant.fragments)})")
+            config = configure(request, tree, out, log, progress)
+            key_file.write_text(config_key)
+        if progress:
+            progress(f"{label}: building {request.profile.build.target} (log: {log})")
+        _run_make(tree, out, _make_vars(request), [request.profile.build.target], log, label,
+                  progress, jobs=os.cpu_count() or 1)
+        image = out / request.profile.build.image
+        if not image.exists():
+            raise BuildFailed(f"{label}: make succeeded but left no {request.profile.build.image} "
+                              f"(log: {log})")
+        metadata = _metadata(request, versions, key, config, image, _release(out, request), log,
+                             started_at, started, {})
+        metadata["incremental"] = {"dir": str(out), "configured_from_scratch": not reuse}
+        built = BuiltKernel(image, config, str(metadata["release"]), metadata, where / "metadata.json",
+                            built=True)
+        kept = _keep(built, kernel_dir, metadata, built=True)
+    if progress:
+        progress(f"{label}: built {image.name} in {metadata['duration_seconds']}s (incremental)")
+    return kept
+
+
+def _keep(kernel: BuiltKernel, kernel_dir: Path, metadata: dict[str, object], built: bool) -> BuiltKernel:
+    """Copies of the image and .config in KERNEL_DIR, with a metadata.json naming them."""
+    if kernel_dir.exists():
+        shutil.rmtree(kernel_dir)
+    kernel_dir.mkdir(parents=True)
+    image = kernel_dir / kernel.image.name
+    config = kernel_dir / ".config"
+    shutil.copy2(kernel.image, image)
+    shutil.copy2(kernel.config, config)
+    kept = {**metadata, "image": str(image), "config": str(config), "built_from": str(kernel.image),
+            "image_sha256": sha256_file(image)}
+    if kept["image_sha256"] != metadata["image_sha256"]:
+        raise HarnessError(f"copying {kernel.image} to {image} changed it: check the disk")
+    metadata_path = kernel_dir / "metadata.json"
+    metadata_path.write_text(json.dumps(kept, indent=2) + "\n")
+    return BuiltKernel(image, config, kernel.release, kept, metadata_path, built=built)

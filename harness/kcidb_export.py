@@ -109,13 +109,21 @@ def _checkout(run: Run, origin: str) -> dict[str, Any]:
                      ("tree", "tree_kind", "version", "dirty", "tree_state", "patches")})
     elif kind == "debian":
         packages = source.get("packages") or []
+        suite = source.get("suite")
         # The kernel package's version names the Debian source it was built from, on every arch.
-        version = packages[0]["version"] if packages else run.kernel.release or "unknown"
-        identity = ["debian", version]
+        if packages:
+            version = packages[0]["version"]
+            identity = ["debian", version]
+            comment = f"Debian linux {version}" + (f" ({suite})" if suite else "")
+        else:
+            # Not booted (verdict skip): the suite has no kernel for the arch; what was asked for.
+            version = source.get("spec") or suite or "unknown"
+            identity = ["debian-missing", version, run.arch]
+            comment = f"Debian {version}: no kernel for {run.arch}"
         checkout["tree_name"] = "debian"
         checkout["git_commit_name"] = _text(version)
-        checkout["comment"] = _text(f"Debian linux {version}")
-        misc["packages"] = packages
+        checkout["comment"] = _text(comment)
+        misc.update({"packages": packages, "suite": suite, "label": run.kernel.label})
     else:
         # A prebuilt image: nothing is known of its source but the image itself.
         identity = ["image", run.kernel.sha256]
@@ -136,14 +144,17 @@ def _config_name(run: Run) -> str:
 def _build(run: Run, checkout_id: str, origin: str) -> dict[str, Any]:
     source = run.kernel.source
     config_name = _config_name(run)
+    # A skipped run has no image: its build is named by the release asked for.
+    image = run.kernel.sha256[:16] if run.kernel.sha256 else f"none-{run.kernel.label or 'unknown'}"
     build: dict[str, Any] = {
-        "id": _text(f"{origin}:build-{run.arch}-{config_name}-{run.kernel.sha256[:16]}"),
+        "id": _text(f"{origin}:build-{run.arch}-{config_name}-{image}"),
         "checkout_id": checkout_id,
         "origin": origin,
         "architecture": _ARCHITECTURE_BAD.sub("_", run.arch.lower()),
         "config_name": _text(config_name),
-        # The image exists and was booted: its build succeeded (or Debian's did).
-        "status": "PASS",
+        # The image exists and was booted: its build succeeded (or Debian's did); a skipped run's
+        # kernel does not exist for the arch: nothing was built.
+        "status": "SKIP" if run.verdict == "skip" else "PASS",
         "misc": {
             "kernel_path": run.kernel.path, "kernel_sha256": run.kernel.sha256,
             "kernel_release": run.kernel.release,
@@ -168,6 +179,8 @@ def _environment(run: Run) -> dict[str, Any]:
 
 
 def _boot_status(run: Run) -> str:
+    if run.verdict == "skip":
+        return "SKIP"  # not booted, with the reason in the comment and misc
     if run.verdict == "error":
         return "ERROR"
     if run.findings or run.ended != "done":
@@ -198,6 +211,7 @@ def _boot_test(run: Run, run_id: str, build_id: str, origin: str) -> dict[str, A
         "misc": {
             "verdict": run.verdict, "verdict_reason": run.verdict_reason, "ended": run.ended,
             "hvo": asdict(run.hvo), "kernel_release": run.kernel.release,
+            "kernel_label": run.kernel.label,
             "console_log": run.console_log, "results_log": run.results_log,
             "findings": [
                 {"kind": f.kind, "function": f.function, "file": f.file, "line": f.line,

@@ -5,6 +5,7 @@ One function per stage boundary; the CLI, the tests and later runners only call 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import shlex
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from harness import (
     __version__,
     artefacts,
+    bundle,
     guest,
     guest_helper,
     images,
@@ -29,10 +31,10 @@ from harness import (
     trees,
     vng,
 )
-from harness.errors import HarnessError
+from harness.errors import HarnessError, KernelUnavailable
 from harness.plan import make_plan
-from harness.profiles import ArchProfile
-from harness.results import Accel, KernelInfo, Results, Run
+from harness.profiles import ARCH_NAMES, ArchProfile, get_profile
+from harness.results import Accel, Hvo, KernelInfo, Results, Run
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT = 300.0
@@ -47,6 +49,70 @@ class PreparedKernel:
     config: dict[str, str] | None
     # The build variant for a kernel built from a tree ('debug+4k'), else None.
     variant: str | None = None
+    # Set by prepare_kernels when the matrix boots more than one kernel per arch: the kernel's
+    # label (info.label, 'trixie'), which then goes into the log file names and progress lines.
+    file_label: str | None = None
+
+
+@dataclass(frozen=True)
+class UnavailableKernel:
+    """A Debian kernel asked for that does not exist for the arch (experimental has no riscv64
+    build): the unit's boots are recorded as verdict "skip" with the reason (skipped_run)."""
+
+    info: KernelInfo  # what was asked for: source {type: debian, suite, ...}, label; no image
+    reason: str
+    variant: str | None = None
+    file_label: str | None = None
+
+
+# What one --kernel item names: a Debian kernel (suite or package=version) or an image path.
+KernelChoice = artefacts.DebianKernelSpec | Path
+
+
+def parse_kernels(text: str, option: str = "--kernel") -> tuple[KernelChoice, ...]:
+    """--kernel's value: Debian kernels, comma-separated ('debian' = 'debian:sid',
+    'debian:trixie', 'debian:experimental', 'debian:PACKAGE=VERSION'), or one image path.
+
+    Checks the text only (no apt): an empty item, an unknown suite, a PACKAGE= with no version,
+    a release twice or a path among Debian items is one HarnessError naming the fix."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(item == "debian" or item.startswith("debian:") for item in items):
+        if not text.strip():
+            raise HarnessError(f"{option} is empty: give debian:sid (the default), "
+                               "debian:trixie,debian:sid,... or a kernel image path")
+        return (Path(text).expanduser(),)
+    specs: list[artefacts.DebianKernelSpec] = []
+    for item in items:
+        if not item:
+            raise HarnessError(f"{option} {text!r} has an empty item: give Debian kernels separated "
+                               "by single commas, e.g. debian:trixie,debian:sid")
+        if item != "debian" and not item.startswith("debian:"):
+            raise HarnessError(f"{option} {text!r}: {item!r} is not a Debian kernel: a kernel image "
+                               "path goes alone, without debian:... items")
+        spec = artefacts.parse_kernel_spec(item, option)
+        if spec in specs or spec.label in {s.label for s in specs}:
+            # Twice would boot twice into the same logs, the second over the first.
+            raise HarnessError(f"{option} {text!r} names {spec.text} twice ('debian' is debian:sid): "
+                               "give each release once")
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _debian_source(
+    spec: artefacts.DebianKernelSpec, debian: artefacts.DebianKernel | None
+) -> dict[str, object]:
+    """runs[].kernel.source of a Debian kernel: the suite, the packages and the image's version
+    (what was asked for, with no packages, when the suite has no kernel for the arch)."""
+    if debian is None:
+        return {"type": "debian", "suite": spec.suite, "packages": [], "version": spec.version,
+                "spec": spec.text}
+    return {
+        "type": "debian",
+        "suite": debian.suite,
+        "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in debian.packages],
+        "version": debian.version,
+        "spec": spec.text,
+    }
 
 
 @dataclass(frozen=True)
@@ -60,19 +126,28 @@ class GuestEnvironment:
     helper: Path | None = None
 
 
-def prepare_kernel(profile: ArchProfile, kernel: str, config_path: Path | None = None) -> PreparedKernel:
-    """'debian' (sid's newest prebuilt kernel) or a path to an image."""
-    if kernel == "debian":
-        debian = artefacts.ensure_debian_kernel(profile)
+def prepare_kernel(
+    profile: ArchProfile, kernel: str | KernelChoice, config_path: Path | None = None,
+    progress: Progress | None = None,
+) -> PreparedKernel:
+    """One kernel for PROFILE, ready to boot. KERNEL is one --kernel item: 'debian' (=
+    'debian:sid', sid's newest prebuilt kernel), 'debian:trixie', 'debian:experimental' (that
+    suite's newest), 'debian:PACKAGE=VERSION', an artefacts.DebianKernelSpec, or a path to an
+    image (CONFIG_PATH its .config; a .config beside the image is found by itself).
+
+    E.g. prepare_kernel(profile, "debian:trixie") boots the same arch with another release.
+    Raises harness.errors.KernelUnavailable when that suite has no kernel for the arch
+    (experimental for riscv64): its .reason is one line for a skip ("Debian experimental has no
+    linux kernel for riscv64 (...)"). Any other HarnessError is a set-up error (a malformed
+    item, an unknown PACKAGE=VERSION, no cache and no network)."""
+    kernel = _one_choice(kernel)
+    if isinstance(kernel, artefacts.DebianKernelSpec):
+        debian = artefacts.ensure_debian_kernel(profile, progress=progress, spec=kernel)
         image = images.prepare(debian.image, profile)
-        source = {
-            "type": "debian",
-            "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256}
-                         for p in debian.packages],
-        }
-        info = KernelInfo(str(debian.image), debian.release, image.sha256, source)
+        info = KernelInfo(str(debian.image), debian.release, image.sha256,
+                          _debian_source(kernel, debian), kernel.label)
         return PreparedKernel(image, info, kconfig.read(debian.config))
-    path = Path(kernel).expanduser()
+    path = kernel
     image = images.prepare(path, profile)
     if config_path is None:
         sibling = path.parent / ".config"
@@ -160,6 +235,33 @@ def kernel_facts(profile: ArchProfile, kernel: PreparedKernel) -> judge.KernelFa
     return judge.KernelFacts(page_size, profile.struct_page_size, hvo_built)
 
 
+def boot_stem(profile: ArchProfile, kernel: PreparedKernel | UnavailableKernel, hvo: str) -> str:
+    """The name of a boot's files in --out: '<arch>[-<kernel label>][-<variant>]-hvo-<on|off>'
+    ('x86_64-trixie-hvo-on' in a release matrix, 'riscv64-debug-hvo-on' for a tree build)."""
+    parts = [profile.name, kernel.file_label, kernel.variant, "hvo", hvo]
+    return "-".join(part for part in parts if part)
+
+
+def skipped_run(profile: ArchProfile, kernel: UnavailableKernel, hvo: str) -> Run:
+    """The record of a boot that cannot be made because its kernel does not exist for the arch:
+    verdict "skip" with the reason; no boot, no scenarios, no logs."""
+    return Run(
+        arch=profile.name,
+        variant=kernel.variant,
+        kernel=kernel.info,
+        accel=Accel("none", "not booted"),
+        cmdline="",
+        boot_seconds=None,
+        verdict="skip",
+        hvo=Hvo(hvo, "unknown", f"not booted: {kernel.reason}"),  # type: ignore[arg-type]
+        findings=[],
+        scenarios=[],
+        console_log="",
+        verdict_reason=kernel.reason,
+        ended="not-booted",
+    )
+
+
 def boot(
     profile: ArchProfile,
     kernel: PreparedKernel,
@@ -178,7 +280,7 @@ def boot(
     vng.py): the same guest scripts, results channel and judging."""
     facts = kernel_facts(profile, kernel)
     plan = make_plan(profile, facts.page_size, hvo)
-    stem = f"{profile.name}-{kernel.variant}-hvo-{hvo}" if kernel.variant else f"{profile.name}-hvo-{hvo}"
+    stem = boot_stem(profile, kernel, hvo)
     console_log = out_dir / f"{stem}.console.log"
     files = qemu.GuestFiles(
         kernel.image.path, env.initramfs, out_dir / f"{stem}.results.ktap", out_dir / f"{stem}.dmesg.log"
@@ -199,7 +301,8 @@ def boot(
     )
     if progress:
         via = f"{env.accel.used}, vng" if backend == "vng" else env.accel.used
-        progress(f"{profile.name}: booting with hugetlb_free_vmemmap={hvo} ({via})")
+        name = f"{profile.name} {kernel.file_label}" if kernel.file_label else profile.name
+        progress(f"{name}: booting with hugetlb_free_vmemmap={hvo} ({via})")
     outcome = guest.run(argv, console_log, timeout, stop=stop)
     console = _read_text(console_log)
     report, channel = read_results(_read_text(files.results), console)
@@ -209,7 +312,7 @@ def boot(
     with contextlib.suppress(OSError):
         kernel_log.write_text(log.text)
     verdict = judge.judge(profile, plan, facts, log, report, outcome)
-    return Run(
+    run = Run(
         arch=profile.name,
         variant=kernel.variant,
         kernel=kernel.info,
@@ -241,6 +344,19 @@ def boot(
                           "console_bytes": outcome.console_bytes},
         },
     )
+    if run.verdict in ("fail", "error"):
+        # Every failing boot gets a reproducer bundle at <out_dir>/repro/<stem>/, whoever
+        # called boot (run, triage, bisect); Run.repro names it (harness/bundle.py).
+        record = bundle.BootRecord(stem, profile, kernel, env, hvo, append, timeout, backend, cmdline,
+                                   argv, files, console_log, kernel_log)
+        try:
+            run.repro = str(bundle.write(record, run, out_dir))
+        except OSError as error:
+            # The boot's own results matter more than its bundle: say why there is none.
+            run.hugetlb["repro_error"] = f"cannot write the reproducer bundle: {error.strerror or error}"
+            if progress:
+                progress(f"{stem}: {run.hugetlb['repro_error']}")
+    return run
 
 
 def _read_text(path: Path) -> str:
@@ -289,6 +405,8 @@ def parse_hvo_settings(text: str, option: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class MatrixRequest:
     profiles: list[ArchProfile]
+    # --kernel: Debian kernels, comma-separated (a release matrix), or one image path
+    # (parse_kernels); unused with `build`.
     kernel: str = "debian"
     config: Path | None = None
     hvo_settings: tuple[str, ...] = ("on", "off")
@@ -303,12 +421,17 @@ class MatrixRequest:
     backend: str = "qemu"
 
     def boot_count(self) -> int:
-        """Boots the matrix makes: one per unit (an arch, or an arch and variant) and setting."""
+        """Boots the matrix makes: one per unit (an arch and kernel, or an arch and variant) and
+        setting; a kernel that does not exist for an arch still counts, as its skipped runs."""
         if self.build is None:
-            units = len(self.profiles)
+            units = len(self.profiles) * len(self.kernel_choices())
         else:
             units = sum(len(variant_names(profile, self.build)) for profile in self.profiles)
         return units * len(self.hvo_settings)
+
+    def kernel_choices(self) -> tuple[KernelChoice, ...]:
+        """The kernels --kernel names (parse_kernels): a malformed value is a HarnessError."""
+        return parse_kernels(self.kernel)
 
     def check(self) -> None:
         """Every check of the request that needs no download, build or boot: the backend,
@@ -332,10 +455,23 @@ class MatrixRequest:
                     kbuild.resolve_variant(profile, name, self.build.fragments)
                 kbuild.find_toolchain(profile, self.build.toolchain)
             return
-        if self.kernel == "debian":
+        choices = self.kernel_choices()
+        specs = [c for c in choices if isinstance(c, artefacts.DebianKernelSpec)]
+        if specs:
+            if self.config is not None:
+                raise HarnessError("--config is the .config of a --kernel PATH: Debian's kernels come "
+                                   "with their own: omit --config")
+            every_arch = [get_profile(name) for name in ARCH_NAMES]
+            for profile in self.profiles:
+                for spec in specs:
+                    artefacts.check_spec_arch(spec, profile, every_arch)
             return
+        path = choices[0]
+        assert isinstance(path, Path)
+        if len(self.profiles) > 1:
+            raise HarnessError("--kernel PATH is one arch's kernel: give --arch with one arch")
         for profile in self.profiles:
-            images.check(Path(self.kernel).expanduser(), profile)
+            images.check(path, profile)
         if self.config is not None and not self.config.is_file():
             raise HarnessError(f"--config {self.config}: no such file: give the kernel's .config, "
                                "or omit --config (a .config next to the image is found by itself)")
@@ -343,19 +479,53 @@ class MatrixRequest:
 
 def prepare_kernels(
     request: MatrixRequest, progress: Progress | None = None
-) -> list[tuple[ArchProfile, PreparedKernel]]:
-    """Every (arch, kernel) the matrix boots; builds run here, one at a time, before any boot."""
+) -> list[tuple[ArchProfile, PreparedKernel | UnavailableKernel]]:
+    """Every (arch, kernel) the matrix boots, arch by arch, each arch's kernels in --kernel's
+    order; downloads and builds run here, one at a time, before any boot. A Debian suite with
+    no kernel for an arch is an UnavailableKernel there (its boots are skips); a tree build
+    always gives PreparedKernels."""
     # Every path, variant and toolchain first: a typo or a missing compiler fails before any
     # download or an hour of building.
     request.check_kernels()
     if request.build is None:
-        return [(p, prepare_kernel(p, request.kernel, request.config)) for p in request.profiles]
+        choices = request.kernel_choices()
+        units: list[tuple[ArchProfile, PreparedKernel | UnavailableKernel]] = []
+        for profile in request.profiles:
+            for choice in choices:
+                units.append((profile, prepare_matrix_kernel(profile, choice, request.config,
+                                                             len(choices) > 1, progress)))
+        return units
     source = resolve_source(request.build, progress)
     return [
         (profile, build_kernel(profile, request.build, name, source, progress))
         for profile in request.profiles
         for name in variant_names(profile, request.build)
     ]
+
+
+def _one_choice(kernel: str | KernelChoice) -> KernelChoice:
+    if not isinstance(kernel, str):
+        return kernel
+    choices = parse_kernels(kernel)
+    if len(choices) != 1:
+        raise HarnessError(f"one kernel is asked for here, not {kernel!r}: give one item")
+    return choices[0]
+
+
+def prepare_matrix_kernel(
+    profile: ArchProfile, choice: str | KernelChoice, config: Path | None = None, several: bool = False,
+    progress: Progress | None = None,
+) -> PreparedKernel | UnavailableKernel:
+    """One unit's kernel (prepare_kernel), or an UnavailableKernel where the Debian suite has
+    none for the arch; with SEVERAL kernels per arch the label goes into the file names."""
+    choice = _one_choice(choice)
+    try:
+        kernel = prepare_kernel(profile, choice, config, progress)
+    except KernelUnavailable as missing:
+        assert isinstance(choice, artefacts.DebianKernelSpec)
+        info = KernelInfo("", None, None, _debian_source(choice, None), choice.label)
+        return UnavailableKernel(info, missing.reason, file_label=choice.label if several else None)
+    return dataclasses.replace(kernel, file_label=kernel.info.label) if several else kernel
 
 
 def run_matrix(
@@ -384,6 +554,16 @@ def run_matrix(
     units = prepare_kernels(request, progress)
     per_unit: list[list[Run]] = [[] for _ in units]
     lock = threading.Lock()
+    # One environment per arch, made once, though a release matrix has several units per arch.
+    envs: dict[str, GuestEnvironment] = {}
+    env_lock = threading.Lock()
+    several = request.build is None and len(request.kernel_choices()) > 1
+
+    def environment(profile: ArchProfile) -> GuestEnvironment:
+        with env_lock:
+            if profile.name not in envs:
+                envs[profile.name] = prepare_environment(profile, request.want_kvm)
+            return envs[profile.name]
 
     def one_unit(index: int) -> None:
         try:
@@ -396,12 +576,15 @@ def run_matrix(
 
     def boot_unit(index: int) -> None:
         profile, kernel = units[index]
-        env = prepare_environment(profile, request.want_kvm)
+        env = None if isinstance(kernel, UnavailableKernel) else environment(profile)
         for hvo in request.hvo_settings:
             if stop.is_set():
                 return
-            run = boot(profile, kernel, env, hvo, out_dir, request.append, request.timeout,
-                       progress, stop, request.backend)
+            if isinstance(kernel, UnavailableKernel):
+                run = skipped_run(profile, kernel, hvo)
+            else:  # env was made above for every unit with a kernel
+                run = boot(profile, kernel, env, hvo, out_dir, request.append,  # type: ignore[arg-type]
+                           request.timeout, progress, stop, request.backend)
             with lock:
                 per_unit[index].append(run)
                 results.runs = [r for runs in per_unit for r in runs]
@@ -409,7 +592,8 @@ def run_matrix(
                 if on_run:
                     on_run(results, total)
             if progress:
-                label = f"{profile.name} {kernel.variant}" if kernel.variant else profile.name
+                release = run.kernel.label if several else None
+                label = " ".join(p for p in (profile.name, release, run.variant) if p)
                 progress(f"{label} hvo={hvo}: {run.verdict} ({run.verdict_reason})")
 
     with ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:

@@ -2,6 +2,7 @@
 and fixtures that boot a guest and return its judged results.
 
     pytest --hvo-arch all -n 2 --junitxml j.xml             # Debian's kernels
+    pytest --hvo-arch x86_64 --hvo-kernel debian:trixie,debian:sid   # a release matrix
     pytest --hvo-arch riscv64 --hvo-tree --hvo-variant debug  # linux-source-7.2, built
     pytest --hvo-arch x86_64 --hvo-tree ~/linux --hvo-variant debug --hvo-setting on
 
@@ -24,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import guest_memory, kbuild, pipeline
+from harness import artefacts, guest_memory, kbuild, pipeline
 from harness.errors import HarnessError
 from harness.plan import make_plan
-from harness.profiles import ArchProfile, get_profile, parse_arch_list, parse_size
+from harness.profiles import ARCH_NAMES, ArchProfile, get_profile, parse_arch_list, parse_size
 from harness.results import Run, Scenario
 
 
@@ -36,7 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hvo-arch",
                     help="collect HVO items for these arches: x86_64,riscv64,loongarch64 or all")
     group.addoption("--hvo-kernel", default="debian",
-                    help="'debian' (sid's prebuilt kernels, default) or a kernel image path (one arch)")
+                    help="'debian' (= debian:sid, sid's prebuilt kernels, default), debian:trixie, "
+                         "debian:experimental, debian:PACKAGE=VERSION, comma-separated for a "
+                         "release matrix, or a kernel image path (one arch)")
     group.addoption("--hvo-tree", nargs="?", const="debian", default=None,
                     help="build the kernels from this tree (alone: Debian's linux-source)")
     group.addoption("--hvo-variant", default=None,
@@ -47,7 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Which kernel a boot uses: Debian's, an image, or a tree build with a variant."""
+    """Which kernel a boot uses: Debian's (one --hvo-kernel item: 'debian', 'debian:trixie',
+    'debian:PACKAGE=VERSION'), an image, or a tree build with a variant."""
 
     kernel: str = "debian"
     tree: str | None = None
@@ -55,8 +59,12 @@ class KernelSpec:
 
     @property
     def label(self) -> str:
+        """In item ids and the log directory: 'debian' (sid), 'debian-trixie', an image's name."""
         if self.tree is None:
-            return "debian" if self.kernel == "debian" else Path(self.kernel).name
+            choice = pipeline.parse_kernels(self.kernel, "--hvo-kernel")[0]
+            if isinstance(choice, Path):
+                return choice.name
+            return "debian" if choice == artefacts.SID_KERNEL else f"debian-{choice.label}"
         tree = "linux-source" if self.tree == "debian" else Path(self.tree).name
         return f"{tree}-{self.variant or 'base'}"
 
@@ -79,14 +87,17 @@ class Boots:
         self._out_dir = out_dir
         self._runs: dict[BootKey, Run] = {}
         self._errors: dict[BootKey, HarnessError] = {}
-        self._kernels: dict[tuple[str, KernelSpec], pipeline.PreparedKernel] = {}
+        self._kernels: dict[tuple[str, KernelSpec], pipeline.PreparedKernel | pipeline.UnavailableKernel] = {}
         self._lock = threading.Lock()
 
-    def kernel(self, profile: ArchProfile, spec: KernelSpec) -> pipeline.PreparedKernel:
+    def kernel(
+        self, profile: ArchProfile, spec: KernelSpec
+    ) -> pipeline.PreparedKernel | pipeline.UnavailableKernel:
+        """The kernel, or (a Debian suite with none for the arch) an UnavailableKernel."""
         key = (profile.name, spec)
         if key not in self._kernels:
             if spec.tree is None:
-                self._kernels[key] = pipeline.prepare_kernel(profile, spec.kernel)
+                self._kernels[key] = pipeline.prepare_matrix_kernel(profile, spec.kernel)
             else:
                 build = pipeline.TreeBuild(tree=None if spec.tree == "debian" else Path(spec.tree),
                                            variants=(spec.variant,))
@@ -109,6 +120,8 @@ class Boots:
     def _boot(self, key: BootKey) -> Run:
         profile = get_profile(key.arch)
         kernel = self.kernel(profile, key.spec)
+        if isinstance(kernel, pipeline.UnavailableKernel):
+            return pipeline.skipped_run(profile, kernel, key.hvo)
         env = pipeline.prepare_environment(profile)
         out = self._out_dir() / key.spec.label
         with guest_memory.reserve(profile.memory_mib):
@@ -160,6 +173,8 @@ class HvoItem(pytest.Item):
         except HarnessError as error:
             raise ScenarioFailed(f"set-up error: {error}") from None
         self.user_properties.append(("console_log", run.console_log))
+        if run.verdict == "skip":
+            pytest.skip(run.verdict_reason)  # not booted: the suite has no kernel for the arch
         if self.scenario == "boot":
             # Any verdict but pass: a hang after the last scenario, a results channel cut short
             # or a KTAP count that does not add up fail no scenario item, only this one.
@@ -215,30 +230,44 @@ class HvoBootCollector(pytest.Collector):
 BOOTS: Boots
 
 
-def _page_size(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> int:
-    """The kernel's base page size, which the plan (and so the items) depend on."""
+def _page_size(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> int | None:
+    """The kernel's base page size, which the plan (and so the items) depend on; None when the
+    Debian suite has no kernel for the arch (only the boot item, a skip, is collected)."""
     if spec.tree is not None:
         return parse_size(kbuild.resolve_variant(profile, spec.variant).page_size)
-    return pipeline.kernel_facts(profile, boots.kernel(profile, spec)).page_size
+    kernel = boots.kernel(profile, spec)
+    if isinstance(kernel, pipeline.UnavailableKernel):
+        return None
+    return pipeline.kernel_facts(profile, kernel).page_size
 
 
 def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
     option = config.getoption("--hvo-arch")
     if not option:
         return []
-    spec = KernelSpec(config.getoption("--hvo-kernel"), config.getoption("--hvo-tree"),
-                      config.getoption("--hvo-variant"))
+    tree, variant = config.getoption("--hvo-tree"), config.getoption("--hvo-variant")
     try:
         settings = pipeline.parse_hvo_settings(config.getoption("--hvo-setting"), "--hvo-setting")
         profiles = parse_arch_list(option)
-        if spec.kernel != "debian" and len(profiles) > 1:
+        kernel_option = config.getoption("--hvo-kernel")
+        # The CLI's checks of --kernel: the spec syntax, a path with one arch, a package's arch.
+        choices = pipeline.parse_kernels(kernel_option, "--hvo-kernel")
+        if isinstance(choices[0], Path) and len(profiles) > 1:
             raise HarnessError("--hvo-kernel PATH is one arch's kernel: give --hvo-arch with one arch")
+        every_arch = [get_profile(name) for name in ARCH_NAMES]
+        for profile in profiles:
+            for choice in choices:
+                if isinstance(choice, artefacts.DebianKernelSpec):
+                    artefacts.check_spec_arch(choice, profile, every_arch, "--hvo-kernel")
+        items = [c.text if isinstance(c, artefacts.DebianKernelSpec) else str(c) for c in choices]
+        specs = [KernelSpec(item, tree, variant) for item in (items if tree is None else ["debian"])]
         boots = []
         for profile in profiles:
-            page_size = _page_size(profile, spec, BOOTS)
-            for hvo in settings:
-                names = make_plan(profile, page_size, hvo).scenario_names()
-                boots.append((BootKey(profile.name, spec, hvo), names))
+            for spec in specs:
+                page_size = _page_size(profile, spec, BOOTS)
+                for hvo in settings:
+                    names = [] if page_size is None else make_plan(profile, page_size, hvo).scenario_names()
+                    boots.append((BootKey(profile.name, spec, hvo), names))
         return boots
     except HarnessError as error:
         raise pytest.UsageError(f"hvo-harness: {error}") from None

@@ -53,7 +53,8 @@ def build_argv(
     accel: AccelChoice,
 ) -> list[str]:
     """The whole QEMU command line; printed in results so a failure can be rerun by hand."""
-    argv = [qemu_path(profile), "-machine", profile.machine, "-accel", accel.used]
+    tcg = f"tcg,thread={profile.tcg_thread}" if profile.tcg_thread and accel.used == "tcg" else None
+    argv = [qemu_path(profile), "-machine", profile.machine, "-accel", tcg or accel.used]
     if profile.cpu:
         argv += ["-cpu", "host" if accel.used == "kvm" else profile.cpu]
     if profile.bios:

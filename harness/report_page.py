@@ -22,7 +22,7 @@ from pathlib import Path
 from string import Template
 
 from harness.finding_groups import FindingGroup, group_findings
-from harness.results import Results, Run, Scenario
+from harness.results import Results, Run, Scenario, run_unit
 
 MARKDOWN_NAME = "report.md"
 HTML_NAME = "report.html"
@@ -35,11 +35,14 @@ _UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def run_title(run: Run) -> str:
-    return f"{run.arch}{'/' + run.variant if run.variant else ''} hvo={run.hvo.requested}"
+    return f"{build_label(run)} hvo={run.hvo.requested}"
 
 
 def build_label(run: Run) -> str:
-    return f"{run.arch}{'/' + run.variant if run.variant else ''}"
+    """The arch and what was booted on it: 'riscv64/debug+4k', 'x86_64/trixie' (a Debian
+    release, so that a release matrix's runs of one arch stay apart), 'x86_64'."""
+    unit = run_unit(run)
+    return f"{run.arch}{'/' + unit if unit else ''}"
 
 
 def _size_bytes(size: str) -> int:
@@ -132,10 +135,13 @@ def _kernel_text(run: Run) -> str:
             what += f" + {len(source['patches'])} patch file(s)"
     elif kind == "debian":
         packages = source.get("packages", [])
-        what = "Debian " + ", ".join(f"{p.get('name')} {p.get('version')}" for p in packages)
+        suite = f"{source['suite']}: " if source.get("suite") else ""
+        what = f"Debian {suite}" + (", ".join(f"{p.get('name')} {p.get('version')}" for p in packages)
+                                    or f"none for this arch ({source.get('spec') or 'asked for'})")
     else:
         what = f"image {run.kernel.path}"
-    return f"{run.kernel.release or 'release unknown'}; {what}; sha256 {run.kernel.sha256[:16]}"
+    digest = f"sha256 {run.kernel.sha256[:16]}" if run.kernel.sha256 else "no image"
+    return f"{run.kernel.release or 'release unknown'}; {what}; {digest}"
 
 
 def _accel_text(run: Run) -> str:
@@ -238,7 +244,25 @@ def _md_run(run: Run) -> list[str]:
         for s in run.scenarios
     ]
     header = ["scenario", "status", "pages", "expected KiB", "claimed KiB", "measured KiB", "reason"]
-    return [*lines, *(_md_table(header, rows) if rows else ["No scenarios ran."]), ""]
+    return [*lines, *(_md_table(header, rows) if rows else ["No scenarios ran."]), "", *_md_triage(run)]
+
+
+_TRIAGE_COLUMNS = ("variation", "verdict", "outcome", "findings", "failing scenarios", "detail")
+
+
+def _triage_rows(run: Run) -> list[list[object]]:
+    """`hvo-harness triage` of the run (harness/triage.py), one row per variation."""
+    return [[row.get("name", "?"), row.get("verdict") or "-", row.get("outcome", "?"),
+             row.get("findings") or "-", row.get("scenarios") or "-", row.get("detail", "")]
+            for row in (run.triage or {}).get("variations", [])]
+
+
+def _md_triage(run: Run) -> list[str]:
+    if not run.triage:
+        return []
+    return [f"### Triage ({len(_triage_rows(run))} variations)", "",
+            *_md_table(list(_TRIAGE_COLUMNS), _triage_rows(run)), "",
+            f"Conclusion: {md_inline(run.triage.get('conclusion', ''))}", ""]
 
 
 def render_markdown(results: Results, source: str) -> str:
@@ -469,7 +493,19 @@ def _html_run(index: int, run: Run) -> Markup:
     heading = element("h2", _join([escape(f"{run_title(run)}: "),
                                    element("span", run.verdict.upper(), class_=run.verdict)]),
                       id=f"run-{index}")
-    return _join([heading, details, _html_findings(run), _html_scenarios(run)])
+    return _join([heading, details, _html_findings(run), _html_scenarios(run), _html_triage(run)])
+
+
+def _html_triage(run: Run) -> Markup:
+    if not run.triage:
+        return Markup("")
+    header = element("tr", *(element("th", h) for h in _TRIAGE_COLUMNS))
+    rows = [element("tr", element("td", element("code", name)), _status_cell(str(verdict)),
+                    *(element("td", cell) for cell in rest))
+            for name, verdict, *rest in _triage_rows(run)]
+    return _join([element("h3", f"Triage ({len(rows)} variations)"),
+                  element("table", element("thead", header), element("tbody", *rows)),
+                  element("p", f"Conclusion: {run.triage.get('conclusion', '')}")])
 
 
 def render_html(results: Results, source: str) -> str:

@@ -23,7 +23,9 @@ SCHEMA_ID = "hvo-harness/1"
 _TIMESTAMP = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]\s*(?:\[\s*[CT]\d+\]\s*)?")
 
 Status = Literal["pass", "fail", "skip"]
-Verdict = Literal["pass", "fail", "error"]
+# "skip": the boot was not made, with a reason (e.g. the Debian suite asked for has no kernel
+# for the arch); it counts as a pass for the exit status, never as a regression's cure.
+Verdict = Literal["pass", "fail", "error", "skip"]
 
 
 @dataclass(frozen=True)
@@ -117,24 +119,29 @@ class Scenario:
 
 @dataclass
 class KernelInfo:
-    path: str
+    path: str  # "" for a run that was skipped (no kernel for the arch)
     release: str | None
-    sha256: str
-    # {"type": "debian", "packages": [...]}, {"type": "image", ...} or {"type": "tree", "tree": ...,
-    # "commit": ..., "variant": ..., "config_sha256": ...} for a kernel built from a tree.
+    sha256: str | None  # None for a skipped run
+    # {"type": "debian", "suite": ..., "packages": [{name, version, sha256}], "version": ...},
+    # {"type": "image", ...} or {"type": "tree", "tree": ..., "commit": ..., "variant": ...,
+    # "config_sha256": ...} for a kernel built from a tree.
     source: dict[str, Any]
+    # A short name of a Debian kernel: its suite ('trixie') or, for debian:PACKAGE=VERSION, the
+    # version; None for images and tree builds (whose runs have a variant). It keeps two
+    # releases of one arch apart in reports, comparisons and exports (results.run_unit).
+    label: str | None = None
 
 
 @dataclass
 class Accel:
-    used: Literal["kvm", "tcg"]
+    used: Literal["kvm", "tcg", "none"]  # "none": not booted (verdict skip)
     kvm_reason: str | None  # why KVM was not used (None when it was)
 
 
 @dataclass
 class Hvo:
     requested: Literal["on", "off"]
-    state: Literal["active", "inactive", "off"]
+    state: Literal["active", "inactive", "off", "unknown"]  # "unknown": not booted (skip)
     reason: str
 
 
@@ -160,6 +167,18 @@ class Run:
     hugetlb: dict[str, Any] = field(default_factory=dict)
     # The build variant (e.g. 'debug+16k') for kernels built from a tree; None otherwise.
     variant: str | None = None
+    # The reproducer bundle of a failing boot (verdict fail or error): the directory
+    # <out>/repro/<stem>/ that pipeline.boot wrote (harness/bundle.py); None for a pass.
+    repro: str | None = None
+    # `hvo-harness triage` of this boot (harness/triage.py): its variations and conclusion.
+    triage: dict[str, Any] | None = None
+
+
+def run_unit(run: Run) -> str:
+    """What was booted, beside the arch: the variant of a tree build ('debug+4k'), else a Debian
+    kernel's label ('trixie'), else ''. Reports title and group runs by (arch, this); a release
+    matrix has one x86_64 unit per release."""
+    return run.variant or run.kernel.label or ""
 
 
 @dataclass

@@ -5,6 +5,9 @@
     (<stem>.qemu.sh), run alternately; the ratio of the medians.
 (b) The default matrix (Debian's kernels, every arch, HVO on and off) through pytest and the
     plugin, serial and with `-n 2`; the wall time of each.
+(c) One bisect step on an unchanged config (`--only bisect-step`, and part of the whole bench):
+    `hvo-harness bisect-run --arch riscv64 --variant debug` after a one-commit doc change, ccache
+    and the step's incremental build directory warm; start to exit, median and spread.
 
 Prints a table and writes a bench JSON (default hvo-results/bench.json)."""
 
@@ -89,6 +92,50 @@ def matrix(jobs: int | None, repeat: int, work: Path) -> dict[str, object]:
             "median": round(statistics.median(seconds), 1), "pytest_summaries": summaries}
 
 
+def bisect_step(repeat: int, arch: str = "riscv64", variant: str = "debug") -> dict[str, object]:
+    """(c): a clone of linux-source at a fixed path in the cache (so its incremental build
+    directory and ccache stay warm from one bench to the next), one untimed step to warm them,
+    then REPEAT times: commit a doc change, time `bisect-run` from start to exit."""
+    from harness.cache import cache_dir
+
+    base = pipeline.source_tree(None)
+    tree = cache_dir("bench") / "bisect-tree"
+    base_commit = subprocess.run(["git", "-C", str(base), "rev-parse", "HEAD"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    if not (tree / ".git").exists():
+        subprocess.run(["git", "clone", "-q", "--shared", str(base), str(tree)], check=True)
+    git = ["git", "-C", str(tree), "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+           "-c", "gc.auto=0"]
+    subprocess.run([*git, "fetch", "-q", str(base), base_commit], check=True)
+    subprocess.run([*git, "checkout", "-q", "--detach", base_commit], check=True)
+    subprocess.run([*git, "clean", "-qfdx"], check=True)
+    out = cache_dir("bench") / "bisect-steps"
+    argv = [sys.executable, "-m", "harness.cli", "bisect-run", "--arch", arch, "--variant", variant,
+            "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def step() -> tuple[float, int]:
+        started = time.monotonic()
+        done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, env=env)
+        seconds = time.monotonic() - started
+        if done.returncode not in (0, 1):  # good or bad: a step that built and booted
+            raise SystemExit(f"bench: bisect-run exited {done.returncode}: "
+                             f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        return seconds, done.returncode
+
+    warm, _ = step()
+    seconds: list[float] = []
+    doc = tree / "Documentation" / "mm" / "hugetlbfs_reserv.rst"
+    for index in range(repeat):
+        doc.write_text(doc.read_text() + f"\n.. bench: doc change {index}\n")
+        subprocess.run([*git, "commit", "-q", "-a", "-m", f"bench: doc change {index}"], check=True)
+        seconds.append(step()[0])
+    subprocess.run([*git, "checkout", "-q", "--detach", base_commit], check=True)
+    return {"arch": arch, "variant": variant, "repeat": repeat, "warm_up_seconds": round(warm, 1),
+            "seconds": [round(s, 1) for s in seconds], "median": round(statistics.median(seconds), 1),
+            "min": round(min(seconds), 1), "max": round(max(seconds), 1), "target_seconds": 180}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="x86_64", help="arch of the overhead boot (default x86_64)")
@@ -97,7 +144,13 @@ def main() -> int:
     parser.add_argument("--matrix-repeat", type=int, default=int(os.environ.get("BENCH_MATRIX_REPEAT", "2")),
                         help="repetitions of each matrix timing (default 2)")
     parser.add_argument("--json", type=Path, default=REPO / "hvo-results" / "bench.json")
+    parser.add_argument("--only", choices=("bisect-step",),
+                        help="run only this measurement (bisect-step: one bisect step, riscv64 debug)")
+    parser.add_argument("--bisect-repeat", type=int, default=int(os.environ.get("BENCH_BISECT_REPEAT", "3")),
+                        help="timed bisect steps (default 3)")
     args = parser.parse_args()
+    if args.only == "bisect-step":
+        return _bisect_step_only(args)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="hvo-bench-") as tmp:
         work = Path(tmp)
@@ -118,9 +171,15 @@ def main() -> int:
                   "pytest --hvo-arch all")
     table.add_row("default matrix, -n 2", f"{parallel['median']} s", ", ".join(map(str, parallel["seconds"])),
                   "target <= 60 s")
+    console.print(f"[dim]> bisect step: riscv64 debug, {args.bisect_repeat} x[/]")
+    step = bisect_step(args.bisect_repeat)
+    table.add_row("bisect step, doc change", f"{step['median']} s",
+                  ", ".join(map(str, step["seconds"])),
+                  f"spread {step['min']}-{step['max']} s; target < 180 s")
     console.print(table)
     document = {
         "schema": "hvo-harness-bench/1",
+        "bisect_step": step,
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "overhead": over,
         "matrix_serial": serial,
@@ -130,6 +189,23 @@ def main() -> int:
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     console.print(f"bench JSON: {args.json}")
     return 0
+
+
+
+def _bisect_step_only(args: argparse.Namespace) -> int:
+    """`--only bisect-step`: that one measurement, merged into the bench JSON (others kept)."""
+    console = Console()
+    console.print(f"[dim]> bisect step: riscv64 debug, {args.bisect_repeat} x[/]")
+    step = bisect_step(args.bisect_repeat)
+    console.print(f"bisect step after a doc change: median {step['median']} s "
+                  f"(runs {', '.join(map(str, step['seconds']))}; spread {step['min']}-{step['max']} s; "
+                  f"warm-up {step['warm_up_seconds']} s; target < 180 s)")
+    document = json.loads(args.json.read_text()) if args.json.is_file() else {"schema": "hvo-harness-bench/1"}
+    document["bisect_step"] = step
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    console.print(f"bench JSON: {args.json}")
+    return 0 if step["median"] < step["target_seconds"] else 1
 
 
 if __name__ == "__main__":

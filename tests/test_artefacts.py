@@ -10,7 +10,7 @@ import pytest
 
 from harness import artefacts
 from harness.cache import cache_root, sha256_file
-from harness.errors import HarnessError
+from harness.errors import HarnessError, KernelUnavailable
 from harness.profiles import ARCH_NAMES, get_profile
 
 
@@ -163,3 +163,55 @@ def test_corrupt_cached_image_is_not_trusted(filled, monkeypatch: pytest.MonkeyP
     assert artefacts._kernel_from_manifest(profile) is not None
     image.write_bytes(image.read_bytes()[:4096])
     assert artefacts._kernel_from_manifest(profile) is None
+
+
+@pytest.fixture(scope="module")
+def trixie_x86() -> artefacts.DebianKernel:
+    """trixie's newest amd64 kernel: image and config in one linux-image-* package."""
+    spec = artefacts.parse_kernel_spec("debian:trixie")
+    return artefacts.ensure_debian_kernel(get_profile("x86_64"), spec=spec)
+
+
+def test_trixie_kernel_is_resolved_in_trixie(trixie_x86: artefacts.DebianKernel) -> None:
+    kernel = trixie_x86
+    assert kernel.suite == "trixie" and kernel.label == "trixie"
+    assert kernel.version.startswith("6.12.") and kernel.release.startswith("6.12.")
+    assert [p.name for p in kernel.packages] == [f"linux-image-{kernel.release}"]
+    assert kernel.image.name == f"vmlinuz-{kernel.release}"
+    assert kernel.config.read_text().count("\nCONFIG_") > 1000
+    manifest = json.loads((cache_root() / "debian" / "manifest-x86_64-trixie.json").read_text())
+    assert manifest["kernel"]["suite"] == "trixie" and manifest["kernel"]["version"] == kernel.version
+
+
+def test_other_suites_need_no_apt_the_second_time(trixie_x86: artefacts.DebianKernel, no_apt) -> None:
+    spec = artefacts.parse_kernel_spec("debian:trixie")
+    assert artefacts.ensure_debian_kernel(get_profile("x86_64"), spec=spec) == trixie_x86
+
+
+def test_a_suite_without_the_arch_is_recorded_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = artefacts.parse_kernel_spec("debian:experimental")
+    with pytest.raises(KernelUnavailable) as first:
+        artefacts.ensure_debian_kernel(get_profile("riscv64"), spec=spec)
+    assert first.value.reason.startswith("Debian experimental has no linux kernel for riscv64")
+    empty = Path(cache_root() / "no-bin-here")
+    monkeypatch.setenv("PATH", str(empty))  # no apt: the manifest's record answers
+    with pytest.raises(KernelUnavailable) as again:
+        artefacts.ensure_debian_kernel(get_profile("riscv64"), spec=spec)
+    assert again.value.reason == first.value.reason
+
+
+def test_sid_manifest_from_before_suites_is_read_as_sid(filled, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """manifest-<arch>.json written before suites were a choice has no suite or version."""
+    kernel, _ = filled["x86_64"]
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_root() / "debian", copy / "debian", symlinks=True)
+    manifest = copy / "debian" / "manifest-x86_64.json"
+    data = json.loads(manifest.read_text())
+    for key in ("suite", "version", "spec"):
+        data["kernel"].pop(key, None)
+    manifest.write_text(json.dumps(data))
+    monkeypatch.setenv("HVO_HARNESS_CACHE", str(copy))
+    old = artefacts._kernel_from_manifest(get_profile("x86_64"))
+    assert isinstance(old, artefacts.DebianKernel)
+    assert (old.suite, old.version, old.label) == ("sid", kernel.packages[0].version, "sid")

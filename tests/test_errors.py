@@ -238,3 +238,39 @@ def test_each_hvo_setting_once(tmp_path: Path, value: str) -> None:
     line = _fast_error(["run", "--arch", "loongarch64", "--hvo", value,
                         "--out", str(tmp_path / "out")], _cold(tmp_path))
     assert "--hvo" in line and "each setting once" in line
+
+
+@pytest.mark.parametrize(("value", "names"), [
+    ("debian:nosuch", "no Debian suite 'nosuch'"),
+    ("debian:", "no Debian suite ''"),
+    ("debian:linux-image-6.12.107+deb13-amd64=", "give both a package and a version"),
+    ("debian:=6.12.107-1", "give both a package and a version"),
+    ("debian:busybox-static=1:1.37.0-6", "not a kernel package"),
+    ("debian:trixie,,debian:sid", "empty item"),
+    ("debian:trixie,", "empty item"),
+    ("debian:sid,debian:trixie,debian:sid", "debian:sid twice"),
+    ("debian,debian:sid", "debian:sid twice"),
+    ("debian:trixie,vmlinuz", "goes alone"),
+    ("debian:linux-image-6.12.107+deb13-amd64=6.12.107-1", "give --arch x86_64"),
+])
+def test_malformed_kernel_spec_fails_before_downloads(tmp_path: Path, value: str, names: str) -> None:
+    """--kernel's Debian forms are checked as text, before apt, a download or --out."""
+    out = tmp_path / "out"
+    line = _fast_error(["run", "--arch", "riscv64", "--kernel", value, "--out", str(out)], _cold(tmp_path))
+    assert names in line and "--kernel" in line, line
+    assert not out.exists()
+
+
+def test_fetch_kernel_spec_is_checked_too(tmp_path: Path) -> None:
+    line = _fast_error(["fetch", "--arch", "x86_64", "--kernel", "debian:stable"], _cold(tmp_path))
+    assert "no Debian suite 'stable'" in line and "debian:trixie" in line
+
+
+def test_unknown_package_version_names_madison(tmp_path: Path) -> None:
+    """A PACKAGE=VERSION that apt does not have: one line, the versions it has, and how to list
+    them (needs the lists: the real cache, and apt-get update once)."""
+    line = one_error_line(run_cli("run", "--arch", "x86_64", "--hvo", "on", "--kernel",
+                                  "debian:linux-image-6.12.107+deb13-amd64=6.12.999-1",
+                                  "--out", str(tmp_path / "out")))
+    assert "has no linux-image-6.12.107+deb13-amd64:amd64 6.12.999-1" in line
+    assert "madison linux-image-6.12.107+deb13-amd64" in line

@@ -49,6 +49,19 @@ class KernelBuild:
 
 
 @dataclass(frozen=True)
+class CpuModel:
+    """A QEMU CPU model that triage boots instead of the profile's (harness/triage.py)."""
+
+    # The -cpu value.
+    model: str
+    # What it changes, said in the triage table.
+    note: str
+    # Huge page sizes (bytes) this model cannot map, e.g. 1G without pdpe1gb: the kernel
+    # refuses them, so a boot on it skips them (never fails them, never passes them).
+    lacks_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ArchProfile:
     name: str
     # Debian's name for the arch (package suffix, apt architecture).
@@ -82,6 +95,14 @@ class ArchProfile:
     # Options QEMU must be given for the virtio-serial results channel.
     virtio_serial_device: str = "virtio-serial-pci"
     extra_qemu_args: tuple[str, ...] = field(default_factory=tuple)
+    # TCG's thread mode (-accel tcg,thread=single|multi); None: QEMU's default for the target.
+    tcg_thread: str | None = None
+    # What triage varies besides the generic variations (harness/triage.py): other CPU models,
+    # other machine types, other NUMA layouts (MiB per node), each booted once in place of the
+    # profile's. Empty: the arch has no alternative (riscv64 and loongarch64 have only virt).
+    triage_cpus: tuple[CpuModel, ...] = ()
+    triage_machines: tuple[str, ...] = ()
+    triage_node_layouts: tuple[tuple[int, ...], ...] = ()
 
     @property
     def memory_mib(self) -> int:

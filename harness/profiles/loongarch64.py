@@ -1,6 +1,6 @@
 """loongarch64 on QEMU's virt machine, booted directly (QEMU >= 10)."""
 
-from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, KernelBuild
+from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, CpuModel, KernelBuild
 
 PROFILE = ArchProfile(
     name="loongarch64",
@@ -36,4 +36,7 @@ PROFILE = ArchProfile(
         toolchains=(LLVM_19,),
         page_sizes=("16k", "4k"),
     ),
+    # Triage (harness/triage.py): virt is the only machine; another CPU and size of the node.
+    triage_cpus=(CpuModel("max", "every feature QEMU emulates"),),
+    triage_node_layouts=((8192,), (6144,)),
 )

@@ -1,6 +1,6 @@
 """riscv64 on QEMU's virt machine with OpenSBI."""
 
-from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, KernelBuild, Toolchain
+from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, CpuModel, KernelBuild, Toolchain
 
 PROFILE = ArchProfile(
     name="riscv64",
@@ -31,4 +31,7 @@ PROFILE = ArchProfile(
         ),
         page_sizes=("4k",),
     ),
+    # Triage (harness/triage.py): virt is the only machine; another CPU and node layout.
+    triage_cpus=(CpuModel("max", "every extension QEMU emulates"),),
+    triage_node_layouts=((8192, 8192), (6144, 6144)),
 )

@@ -1,6 +1,6 @@
 """x86_64 on QEMU's pc machine."""
 
-from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, KernelBuild, Toolchain
+from harness.profiles import GIB, LLVM_19, MIB, ArchProfile, CpuModel, KernelBuild, Toolchain
 
 PROFILE = ArchProfile(
     name="x86_64",
@@ -34,4 +34,13 @@ PROFILE = ArchProfile(
         ),
         page_sizes=("4k",),
     ),
+    # Triage (harness/triage.py): the CPU models, machine types and node layouts it tries.
+    triage_cpus=(
+        CpuModel("EPYC", "a named AMD model with pdpe1gb (1G pages) and, like the default, no ERMS"),
+        # /work/shared/NOTES.md: without pdpe1gb the kernel refuses hugepagesz=1G.
+        CpuModel("qemu64", "QEMU's baseline model: no pdpe1gb, so no 1G pages", lacks_sizes=(1 * GIB,)),
+    ),
+    triage_machines=("q35",),
+    # Where the boot-time 1G pages land depends on the node sizes (docs/findings.md #1).
+    triage_node_layouts=((6144, 6144), (5120, 5120), (4096, 4096)),
 )
