@@ -57,6 +57,14 @@ class KernelSpec:
     tree: str | None = None
     variant: str | None = None
 
+    def __post_init__(self) -> None:
+        # One key per kernel: 'debian' and 'debian:sid' are the same boot, and a fixture asking
+        # for one must get the run the collected items booted for the other, not boot again.
+        if self.tree is None:
+            choice = pipeline.parse_kernels(self.kernel, "--hvo-kernel")[0]
+            if isinstance(choice, artefacts.DebianKernelSpec):
+                object.__setattr__(self, "kernel", choice.text)
+
     @property
     def label(self) -> str:
         """In item ids and the log directory: 'debian' (sid), 'debian-trixie', an image's name."""
