@@ -281,8 +281,11 @@ def _check_out_dir(out_dir: Path) -> None:
 # only that: anything else a user keeps there is not the harness's to move.
 _RUN_FILE = re.compile(
     rf"(?:{'|'.join(map(re.escape, ARCH_NAMES))})(?:-[A-Za-z0-9_.+-]+)?-hvo-(?:on|off)"
-    r"\.(?:console\.log|results\.ktap|dmesg\.log|qemu\.sh|vng\.sh)"
+    r"\.(?:console\.log|results\.ktap|dmesg\.log|kernel\.log|qemu\.sh|vng\.sh)"
 )
+# Directories a run writes whole: reproducer bundles (bundle.py) and triage boots (triage.py).
+# A bundle left from an earlier run would stand for a boot that this run may have passed.
+_RUN_DIRS = ("repro", "triage")
 PREVIOUS_DIR = "previous"
 
 
@@ -290,7 +293,8 @@ def _keep_previous_run(out_dir: Path, progress: pipeline.Progress) -> Path | Non
     """Move an earlier run's results.json and logs into OUT/previous/<UTC time>/, so that this
     run overwrites nothing; the time is when the earlier run last wrote (its results.json)."""
     files = [p for p in out_dir.iterdir()
-             if p.is_file() and (p.name == "results.json" or _RUN_FILE.fullmatch(p.name))]
+             if (p.is_file() and (p.name == "results.json" or _RUN_FILE.fullmatch(p.name)))
+             or (p.is_dir() and p.name in _RUN_DIRS)]
     if not files:
         return None
     results = out_dir / "results.json"

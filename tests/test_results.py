@@ -242,6 +242,24 @@ def _qemu_mentioning(text: str) -> list[str]:
     return [line for line in ps.splitlines() if "qemu-system" in line and text in line]
 
 
+def test_an_earlier_runs_kernel_log_and_bundles_are_kept_not_left(tmp_path: Path) -> None:
+    """The files a run writes whole go to previous/ with its results: its kernel log (else the
+    next run overwrites it) and its reproducer bundles and triage boots (else a bundle stays for
+    a boot that the next run passed)."""
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "x86_64-hvo-on.kernel.log").write_text("old kernel log\n")
+    (tmp_path / "repro/x86_64-hvo-on").mkdir(parents=True)
+    (tmp_path / "repro/x86_64-hvo-on/repro.sh").write_text("old\n")
+    (tmp_path / "triage/x86_64-hvo-on").mkdir(parents=True)
+    (tmp_path / "mine").mkdir()
+    kept = cli._keep_previous_run(tmp_path, lambda line: None)
+    assert kept is not None
+    assert sorted(p.name for p in kept.iterdir()) == ["repro", "results.json", "triage",
+                                                       "x86_64-hvo-on.kernel.log"]
+    assert (kept / "repro/x86_64-hvo-on/repro.sh").read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "previous"]
+
+
 @pytest.mark.boot
 def test_a_second_run_keeps_the_first(tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -256,9 +274,9 @@ def test_a_second_run_keeps_the_first(tmp_path: Path) -> None:
     assert second.returncode in (0, 1), second.stderr
     (kept,) = (out / "previous").iterdir()
     assert (kept / "results.json").read_text() == first_results
-    assert sorted(p.name for p in kept.iterdir()) == sorted([
+    assert sorted(p.name for p in kept.iterdir() if p.is_file()) == sorted([
         "results.json", "loongarch64-hvo-on.console.log", "loongarch64-hvo-on.results.ktap",
-        "loongarch64-hvo-on.dmesg.log", "loongarch64-hvo-on.qemu.sh",
+        "loongarch64-hvo-on.dmesg.log", "loongarch64-hvo-on.kernel.log", "loongarch64-hvo-on.qemu.sh",
     ])
     assert f"> kept the previous run in {kept}/" in second.stderr
     # What the user put there stays where it was; the new run is in place of the old.
