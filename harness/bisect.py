@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import images, kbuild, kconfig, pipeline, qemu, trees
+from harness import kbuild, pipeline, qemu, trees
 from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.profiles import ArchProfile
-from harness.results import Finding, KernelInfo, Results, Run, Scenario, write_json
+from harness.results import Finding, Results, Run, Scenario, write_json
 
 Progress = Callable[[str], None]
 Outcome = Literal["good", "bad", "skip"]
@@ -249,20 +249,8 @@ def commit_subject(tree: Path) -> tuple[str | None, str | None]:
 def _prepared(config: StepConfig, variant: kbuild.Variant,
               built: kbuild.BuiltKernel) -> pipeline.PreparedKernel:
     """As pipeline.build_kernel makes it, from an incremental build."""
-    image = images.prepare(built.image, config.profile)
-    metadata = built.metadata
-    kernel_source = {
-        "type": "tree",
-        **dict(metadata["source"]),  # type: ignore[call-overload]
-        "variant": variant.name,
-        "config_sha256": metadata["config_sha256"],
-        "toolchain": metadata["toolchain"],
-        "build_metadata": str(built.metadata_path),
-        "built_now": built.built,
-        "incremental": metadata.get("incremental"),
-    }
-    info = KernelInfo(str(built.image), built.release, image.sha256, kernel_source)
-    return pipeline.PreparedKernel(image, info, kconfig.read(built.config), variant.name)
+    return pipeline.prepared_build(config.profile, variant, built,
+                                   incremental=built.metadata.get("incremental"))
 
 
 def _repro_of(boot_dir: Path) -> str | None:

@@ -203,6 +203,13 @@ def build_kernel(
     variant = kbuild.resolve_variant(profile, variant_name, spec.fragments)
     toolchain = kbuild.find_toolchain(profile, spec.toolchain)
     built = kbuild.build(kbuild.BuildRequest(source, profile, variant, toolchain), progress)
+    return prepared_build(profile, variant, built)
+
+
+def prepared_build(profile: ArchProfile, variant: kbuild.Variant, built: kbuild.BuiltKernel,
+                   **extra: object) -> PreparedKernel:
+    """A built kernel ready to boot, its source described from the build's metadata (EXTRA:
+    more fields for the source, e.g. an incremental build's)."""
     image = images.prepare(built.image, profile)
     metadata = built.metadata
     kernel_source = {
@@ -213,6 +220,7 @@ def build_kernel(
         "toolchain": metadata["toolchain"],
         "build_metadata": str(built.metadata_path),
         "built_now": built.built,
+        **extra,
     }
     info = KernelInfo(str(built.image), built.release, image.sha256, kernel_source)
     return PreparedKernel(image, info, kconfig.read(built.config), variant.name)
