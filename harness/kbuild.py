@@ -32,6 +32,8 @@ Progress = Callable[[str], None]
 
 KCONFIGS = Path(__file__).resolve().parent.parent / "kconfigs"
 BASE_CONFIG = "tinyconfig"
+# Fragments every variant has (resolve_variant): not variant words.
+_BASE_FRAGMENTS = ("common", "debuginfo")
 _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_\w+) is not set")
 # Builds of the same key from two processes (pytest-xdist) wait for each other, and builds of
@@ -85,18 +87,18 @@ def resolve_variant(
     has (kconfigs/page-size/<arch>-<word>.config) or a fragment kconfigs/<word>.config."""
     words = [w.strip() for w in (name or "base").split("+") if w.strip() and w.strip() != "base"]
     page_sizes = profile.build.page_sizes
-    known = sorted(p.stem for p in KCONFIGS.glob("*.config") if p.stem != "common")
+    known = sorted(p.stem for p in KCONFIGS.glob("*.config") if p.stem not in _BASE_FRAGMENTS)
     page_size = None
     fragments: list[Path] = []
     for word in words:
-        if re.fullmatch(r"\d+k", word):
+        if re.fullmatch(r"\d+k(?:\d+l)?", word):
             if word not in page_sizes:
                 raise HarnessError(
                     f"{profile.name} has no {word} page size in kconfigs/page-size/: "
                     f"it has {', '.join(page_sizes)}"
                 )
             page_size = word
-        elif (KCONFIGS / f"{word}.config").is_file() and word != "common":
+        elif (KCONFIGS / f"{word}.config").is_file() and word not in _BASE_FRAGMENTS:
             fragments.append(KCONFIGS / f"{word}.config")
         else:
             raise HarnessError(
@@ -109,6 +111,7 @@ def resolve_variant(
             raise HarnessError(f"--fragment {extra}: no such file")
     base = [
         KCONFIGS / "common.config",
+        KCONFIGS / "debuginfo.config",
         KCONFIGS / "arch" / f"{profile.name}.config",
         KCONFIGS / "page-size" / f"{profile.name}-{page_size}.config",
     ]
@@ -119,7 +122,7 @@ def resolve_variant(
 
 def page_size_variants(profile: ArchProfile, name: str | None) -> list[str]:
     """The variant at each of the arch's page sizes (for `--page-sizes all`)."""
-    words = [w for w in (name or "base").split("+") if not re.fullmatch(r"\d+k", w.strip())]
+    words = [w for w in (name or "base").split("+") if not re.fullmatch(r"\d+k(?:\d+l)?", w.strip())]
     return ["+".join([*words, size]) for size in profile.build.page_sizes]
 
 

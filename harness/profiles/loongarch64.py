@@ -34,7 +34,7 @@ PROFILE = ArchProfile(
         target="vmlinux.elf",
         image="arch/loongarch/boot/vmlinux.elf",
         toolchains=(LLVM_19,),
-        page_sizes=("16k", "4k"),
+        page_sizes=("16k", "4k", "4k4l"),
     ),
     # Triage (harness/triage.py): virt is the only machine; another CPU and size of the node.
     triage_cpus=(CpuModel("max", "every feature QEMU emulates"),),
