@@ -147,7 +147,8 @@ def test_job_names_written_out() -> None:
     names = [job.name for job in ci.plan_jobs("all", ["debug", "base+4k"], all_page_sizes=True)]
     assert names == ["x86_64", "riscv64", "loongarch64", "x86_64-debug", "x86_64-base-4k", "riscv64-debug",
                      "riscv64-base-4k", "loongarch64-debug-16k", "loongarch64-debug-4k",
-                     "loongarch64-base-16k", "loongarch64-base-4k"]
+                     "loongarch64-debug-4k4l", "loongarch64-base-16k", "loongarch64-base-4k",
+                     "loongarch64-base-4k4l"]
 
 
 def test_loongarch64_gets_a_job_per_page_size() -> None:
