@@ -40,7 +40,20 @@ class Finding:
     line: int | None
     excerpt: str
     # A named check this finding is, e.g. "sparse_init-memmap-alignment"; None for others.
+    # Assigned from the statement at file:line in the kernel's own source (harness/checks.py),
+    # never from the function name alone.
     check: str | None = None
+    # The statement that fired, read from the source of the kernel that printed it
+    # (harness/source_lines.py): {"status": "found", "file", "line", "function" (the function
+    # the line is in, by the source: an inlined helper, where the kernel printed its caller),
+    # "origin" (the tree, or "linux-source-7.2 7.2.13-1"), "lines": [{"line": N, "text": ...}]}
+    # or {"status": "not at hand" | "no file:line" | "line not in file", "why": ...}.
+    source: dict[str, Any] | None = None
+    # The call trace decoded with the kernel's scripts/decode_stacktrace.sh against a vmlinux
+    # with debug info (harness/decode.py): {"status": "decoded", "vmlinux", "origin",
+    # "text": the decoded excerpt, "frames": [{"function", "file", "line", "inlined"}]} or
+    # {"status": "not decoded", "why": ... (which package or file would give it)}.
+    trace: dict[str, Any] | None = None
 
     def summary(self) -> str:
         """'WARN at sparse_init (mm/sparse.c:606)', or the kernel's own headline line."""
@@ -130,6 +143,11 @@ class KernelInfo:
     # version; None for images and tree builds (whose runs have a variant). It keeps two
     # releases of one arch apart in reports, comparisons and exports (results.run_unit).
     label: str | None = None
+    # sizeof(struct page) and its members, read from the kernel itself (harness/structpage.py:
+    # its BTF, or the DWARF of its vmlinux, with pahole): {"size": 64, "origin": "BTF in the
+    # image" | "DWARF of <vmlinux> (<package>)", "members": [{"name", "offset", "size"}]} or
+    # {"size": None, "why": "not measured: ... (what would give it)"}; None: not looked at.
+    struct_page: dict[str, Any] | None = None
 
 
 @dataclass
