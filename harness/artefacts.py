@@ -32,20 +32,21 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from debian.deb822 import Deb822, PkgRelation
 from debian.debian_support import Version
 
 from harness.cache import cache_dir, cache_root, sha256_file
-from harness.errors import HarnessError, KernelUnavailable
-from harness.profiles import ArchProfile
+from harness.errors import DebugInfoUnavailable, HarnessError, KernelUnavailable
+from harness.profiles import ArchProfile, Firmware
 
 # The default suite: busybox, linux-source and the default kernel come from it.
 SUITE = "sid"
@@ -699,6 +700,161 @@ def ensure_debian_kernel(
 
 
 # --------------------------------------------------------------------------------------------
+# The kernel's debug info (linux-image-<release>-dbg)
+#
+# Why: some kernels carry no BTF (Debian's loong64 has CONFIG_DEBUG_INFO_BTF unset), so facts
+# such as sizeof(struct page) can only be read from the DWARF of their vmlinux, which Debian
+# ships in linux-image-<release>-dbg at the image package's version. The .deb is large (about
+# 1 GB, 9 GB unpacked) and only its vmlinux is needed: that one file is streamed out of the
+# package, kept in cache_dir('debian', 'dbg'), and the .deb is deleted.
+
+
+def debug_package_name(release: str) -> str:
+    """Debian's name for the package with RELEASE's vmlinux and its debug info."""
+    return f"linux-image-{release}-dbg"
+
+
+def _debug_manifest(package: str, version: str) -> Path:
+    return cache_dir("debian") / f"manifest-dbg-{package}_{version.replace(':', '%3a')}.json"
+
+
+def _debug_vmlinux_from_manifest(package: str, version: str) -> Path | _Absent | None:
+    """The cached vmlinux of PACKAGE at VERSION if the manifest names one that is present with
+    its recorded size (sha256 of a file this large on every look-up costs seconds; the size
+    catches a truncated copy), or the record that no suite has the package."""
+    entry = _read_json(_debug_manifest(package, version)).get("vmlinux")
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("absent"), str):
+        return _Absent(entry["absent"])
+    try:
+        path = _abs(entry["path"])
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            return None
+    except (KeyError, TypeError):
+        return None
+    return path
+
+
+def _stream_member(deb: Path, names: Sequence[str], into: Path) -> str | None:
+    """Copy the first regular file of DEB's data whose base name is one of NAMES to INTO,
+    reading the package as a stream and stopping there (no 9 GB unpack); returns its path in
+    the package, or None when the package has no such file."""
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as reader:
+        assert reader.stdout is not None
+        found = None
+        try:
+            with tarfile.open(fileobj=reader.stdout, mode="r|*") as archive:
+                for member in archive:
+                    if member.isfile() and PurePosixPath(member.name).name in names:
+                        source = archive.extractfile(member)
+                        assert source is not None
+                        with open(into, "wb") as target:
+                            shutil.copyfileobj(source, target, 1 << 20)
+                        found = member.name.removeprefix("./")
+                        break
+        except tarfile.TarError as error:
+            raise HarnessError(f"reading {deb.name} failed ({error}): remove "
+                               f"{deb.parent} and retry") from None
+        finally:
+            # Found (or failed): the rest of the package is not needed; end our own reader.
+            reader.kill()
+    return found
+
+
+def _fetch_debug_vmlinux(apt: _Apt, profile: ArchProfile, release: str, version: str) -> Path | _Absent:
+    package = debug_package_name(release)
+    arch = profile.debian_arch
+    manifest = _debug_manifest(package, version)
+    try:
+        apt.update()
+        rows = apt.versions([package], arch)
+        suite = next((where for name, got, where in rows if name == package and got == version), None)
+        if suite is None:
+            known = ", ".join(sorted({got for name, got, _ in rows if name == package},
+                                     key=Version, reverse=True)) or "none"
+            reason = (f"Debian ({', '.join(SUITES)}) has no {package}:{arch} {version} "
+                      f"(versions there: {known})")
+            _update_manifest(manifest, "vmlinux", {"absent": reason, "resolved": _now()},
+                             arch=profile.name, debian_arch=arch)
+            return _Absent(reason)
+        record = apt.record(package, arch, version)
+        if record is None:
+            raise DebugInfoUnavailable(f"apt-cache madison lists {package}:{arch} {version} but "
+                                       "apt-cache show has no record of it")
+        where = cache_dir("debian", "dbg")
+        final = where / f"vmlinux-{release}_{version.replace(':', '%3a')}"
+        with tempfile.TemporaryDirectory(dir=where, prefix=".tmp-") as tmp_name:
+            tmp = Path(tmp_name)
+            size = int(record.get("Size", "0")) >> 20
+            apt.progress(f"{profile.name}: fetching {package} {version} ({suite}, {size} MiB) "
+                         "for its vmlinux's debug info")
+            deb = apt.download(package, arch, version, tmp)
+            digest = sha256_file(deb)
+            if record.get("SHA256") and record["SHA256"] != digest:
+                raise DebugInfoUnavailable(f"{deb.name} has sha256 {digest}, but the Debian index "
+                                           f"says {record['SHA256']}: retry (the mirror may have "
+                                           "been mid-update)")
+            apt.progress(f"{profile.name}: taking vmlinux-{release} out of {deb.name}")
+            member = _stream_member(deb, (f"vmlinux-{release}", "vmlinux"), tmp / "vmlinux")
+            deb.unlink()
+            if member is None:
+                raise DebugInfoUnavailable(f"{package} {version} holds no vmlinux-{release}: "
+                                           "Debian changed its packaging; update harness/artefacts.py")
+            machine = _elf_machine(tmp / "vmlinux")
+            if machine != profile.elf_machine:
+                raise DebugInfoUnavailable(f"{member} of {package} {version} is not an ELF for "
+                                           f"{profile.name} (e_machine {machine})")
+            os.replace(tmp / "vmlinux", final)
+    except _AptError as error:
+        raise DebugInfoUnavailable(f"could not fetch {package} {version}: {error}: check network "
+                                   f"access to {MIRROR} (or set http_proxy) and retry") from None
+    except HarnessError as error:
+        # Every failure here (apt missing, a bad download, no vmlinux in it) names the package.
+        text = str(error)
+        raise DebugInfoUnavailable(text if package in text else f"{package} {version}: {text}") from None
+    entry = {
+        "path": _rel(final),
+        "size": final.stat().st_size,
+        "sha256": sha256_file(final),
+        "member": member,
+        "package": asdict(DebianPackage(package, version, arch, digest)),
+        "suite": suite,
+        "release": release,
+        "resolved": _now(),
+    }
+    _update_manifest(manifest, "vmlinux", entry, arch=profile.name, debian_arch=arch)
+    return final
+
+
+def ensure_debug_vmlinux(
+    profile: ArchProfile, release: str, version: str, *, progress: Progress | None = None
+) -> Path:
+    """The vmlinux with debug info (DWARF) of Debian's kernel RELEASE ('7.2.13+deb14-loong64')
+    at VERSION (the image package's, '7.2.13-1'), from linux-image-RELEASE-dbg in whichever
+    suite has it.
+
+    Fetched on demand (about 1 GB of download, once), cached with a manifest; a second call
+    needs no network, and neither does one for a package the lists did not have (that too is
+    recorded). Raises DebugInfoUnavailable, naming the package and version, when no suite has
+    the package at VERSION or its download fails.
+    """
+    package = debug_package_name(release)
+    found = _ensure(
+        what=f"{package} {version}",
+        lock=cache_dir("debian") / f".lock-dbg-{profile.name}",
+        cached=lambda: _debug_vmlinux_from_manifest(package, version),
+        fetch=lambda apt: _fetch_debug_vmlinux(apt, profile, release, version),
+        refresh=False,
+        progress=progress,
+    )
+    if isinstance(found, _Absent):
+        raise DebugInfoUnavailable(found.reason)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
 # busybox
 
 
@@ -768,6 +924,73 @@ def ensure_busybox(
 
 
 # --------------------------------------------------------------------------------------------
+# QEMU firmware (UEFI) from Debian: bookworm has none for LoongArch, sid has qemu-efi-loongarch64
+
+
+@dataclass(frozen=True)
+class DebianFirmware:
+    """A firmware file QEMU takes with -bios, unpacked from a Debian package in the cache."""
+
+    path: Path
+    package: DebianPackage
+
+
+def _firmware_manifest_path() -> Path:
+    return cache_dir("debian") / "manifest-firmware.json"
+
+
+def _firmware_from_manifest(firmware: Firmware) -> DebianFirmware | None:
+    entry = _read_json(_firmware_manifest_path()).get(firmware.package)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        path = _abs(entry["path"])
+        if entry.get("member") != firmware.path or not path.is_file() \
+                or sha256_file(path) != entry["sha256"]:
+            return None
+        return DebianFirmware(path=path, package=_package_from(entry["package"]))
+    except (KeyError, TypeError):
+        return None
+
+
+def _fetch_firmware(apt: _Apt, firmware: Firmware) -> DebianFirmware:
+    apt.update()
+    # Firmware packages are Architecture: all; every binary index lists them.
+    record = apt.candidate(firmware.package, APT_ARCHITECTURES[0], SUITE)
+    if record is None:
+        raise HarnessError(
+            f"Debian {SUITE} has no {firmware.package}: check the harness's apt state with "
+            f"`apt-cache -c {apt.root / 'apt.conf'} policy {firmware.package}`"
+        )
+    package, tree = _unpacked_package(apt, firmware.package, record.get("Architecture", "all"), record)
+    path = tree / firmware.path
+    if not path.is_file():
+        raise HarnessError(
+            f"{firmware.package} {package.version} has no {firmware.path}: Debian changed its "
+            "packaging; update the arch profile's firmware path"
+        )
+    entry = {"path": _rel(path), "member": firmware.path, "sha256": sha256_file(path),
+             "package": asdict(package), "resolved": _now()}
+    _update_manifest(_firmware_manifest_path(), firmware.package, entry)
+    return DebianFirmware(path=path, package=package)
+
+
+def ensure_firmware(
+    firmware: Firmware, refresh: bool = False, *, progress: Progress | None = None
+) -> DebianFirmware:
+    """FIRMWARE's file from Debian sid, unpacked into the cache once; later calls read the
+    manifest (debian/manifest-firmware.json) and need no network."""
+    return _ensure(
+        what=f"the firmware {firmware.package}",
+        lock=cache_dir("debian") / ".lock-firmware",
+        cached=lambda: _firmware_from_manifest(firmware),
+        fetch=lambda apt: _fetch_firmware(apt, firmware),
+        refresh=refresh,
+        progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # linux-source
 
 
@@ -793,39 +1016,11 @@ def _fix_gitignore(tree: Path) -> None:
         path.write_text("".join(kept))
 
 
-def _fetch_source(apt: _Apt) -> Path:
-    apt.update()
-    pattern = re.compile(r"^linux-source-([0-9]+\.[0-9]+)$")
-    series = sorted(
-        {m.group(1) for name in apt.pkgnames("linux-source-") if (m := pattern.match(name))},
-        key=Version,
-        reverse=True,
-    )
-    record = None
-    for candidate in series:
-        # Only sid's: trixie's 6.12 and experimental's release candidates are in the same lists.
-        record = apt.candidate(f"linux-source-{candidate}", APT_ARCHITECTURES[0], SUITE)
-        if record is not None:
-            break
-    if record is None:
-        raise HarnessError(
-            f"Debian {SUITE} has no linux-source-X.Y: check `apt-cache pkgnames linux-source-` "
-            "with the harness's apt state"
-        )
+def _unpack_source(apt: _Apt, record: Deb822, final: Path) -> str:
+    """Download the linux-source package of RECORD and unpack its tree as FINAL (made whole in
+    a temporary directory, then renamed); returns the .deb's sha256."""
     name, version = record["Package"], record["Version"]
-    entry = _read_json(_source_manifest_path()).get("source")
-    current = _source_from_manifest()
-    if (
-        current is not None
-        and isinstance(entry, dict)
-        and entry.get("package", {}).get("version") == version
-        and entry["package"].get("name") == name
-    ):
-        apt.progress(f"source: {name} {version} is already unpacked in {current}")
-        return current
-
-    src = cache_dir("src")
-    final = src / _dir_name(name, version, "all")
+    src = final.parent
     with tempfile.TemporaryDirectory(dir=src, prefix=".tmp-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "deb").mkdir()
@@ -864,6 +1059,43 @@ def _fetch_source(apt: _Apt) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.rename(tops[0], final)
+    return digest
+
+
+def _fetch_source(apt: _Apt) -> Path:
+    apt.update()
+    pattern = re.compile(r"^linux-source-([0-9]+\.[0-9]+)$")
+    series = sorted(
+        {m.group(1) for name in apt.pkgnames("linux-source-") if (m := pattern.match(name))},
+        key=Version,
+        reverse=True,
+    )
+    record = None
+    for candidate in series:
+        # Only sid's: trixie's 6.12 and experimental's release candidates are in the same lists.
+        record = apt.candidate(f"linux-source-{candidate}", APT_ARCHITECTURES[0], SUITE)
+        if record is not None:
+            break
+    if record is None:
+        raise HarnessError(
+            f"Debian {SUITE} has no linux-source-X.Y: check `apt-cache pkgnames linux-source-` "
+            "with the harness's apt state"
+        )
+    name, version = record["Package"], record["Version"]
+    entry = _read_json(_source_manifest_path()).get("source")
+    current = _source_from_manifest()
+    if (
+        current is not None
+        and isinstance(entry, dict)
+        and entry.get("package", {}).get("version") == version
+        and entry["package"].get("name") == name
+    ):
+        apt.progress(f"source: {name} {version} is already unpacked in {current}")
+        return current
+
+    src = cache_dir("src")
+    final = src / _dir_name(name, version, "all")
+    digest = _unpack_source(apt, record, final)
     entry = {
         "package": asdict(DebianPackage(name, version, record.get("Architecture", "all"), digest)),
         "series": name.removeprefix("linux-source-"),
@@ -891,6 +1123,37 @@ def ensure_linux_source(refresh: bool = False, *, progress: Progress | None = No
         refresh=refresh,
         progress=progress,
     )
+
+
+def ensure_linux_source_at(series: str, version: str, *, progress: Progress | None = None) -> Path:
+    """Debian's linux-source-SERIES ('7.2') at exactly VERSION ('7.2.13-1'), unpacked once:
+    the source a Debian kernel of that version was built from (harness/source_lines.py reads a
+    finding's file:line in it). From the cache when that tree is there, else from whichever
+    suite still has that version. Raises HarnessError naming the package and version when none
+    does (Debian keeps only current versions) or the download fails."""
+    name = f"linux-source-{series}"
+    final = cache_dir("src") / _dir_name(name, version, "all")
+
+    def cached() -> Path | None:
+        return final if (final / "Makefile").is_file() else None
+
+    def fetch_it(apt: _Apt) -> Path:
+        apt.update()
+        rows = apt.versions([name], APT_ARCHITECTURES[0])
+        if not any(got == version for package, got, _ in rows if package == name):
+            known = ", ".join(sorted({got for package, got, _ in rows if package == name},
+                                     key=Version, reverse=True)) or "none"
+            raise HarnessError(f"Debian ({', '.join(SUITES)}) has no {name} {version} "
+                               f"(versions there: {known})")
+        record = apt.record(name, APT_ARCHITECTURES[0], version)
+        if record is None:
+            raise HarnessError(f"apt-cache madison lists {name} {version} but apt-cache show "
+                               "has no record of it")
+        _unpack_source(apt, record, final)
+        return final
+
+    return _ensure(what=f"{name} {version}", lock=cache_dir("src") / ".lock", cached=cached,
+                   fetch=fetch_it, refresh=False, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -952,6 +1215,9 @@ def fetch(
     for profile in profiles:
         busybox = ensure_busybox(profile, refresh, progress=progress)
         entry: dict[str, Any] = {"busybox": str(busybox.path), "kernels": {}}
+        if profile.firmware is not None:
+            # The firmware some of the arch's kernels boot through (qemu.boot_profile).
+            entry["firmware"] = str(ensure_firmware(profile.firmware, refresh, progress=progress).path)
         for spec in kernels:
             manifest = str(cache_dir("debian") / spec.manifest_name(profile.name))
             try:

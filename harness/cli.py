@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from harness import artefacts, dmesg, pipeline, report, vng
+from harness import annotate, artefacts, dmesg, pipeline, report, source_lines, vng
 from harness import bisect as bisect_steps
 from harness.errors import HarnessError
 from harness.profiles import ARCH_NAMES, parse_arch_list, with_node_memory
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     parse = commands.add_parser("parse", help="findings and HugeTLB lines of a console log")
     parse.add_argument("log", type=Path)
     parse.add_argument("--json", type=Path, help="write the findings JSON here")
+    parse.add_argument("--source", type=Path, metavar="TREE",
+                       help="the source tree of the kernel that printed the log (default: a Debian "
+                            "kernel's linux-source at its version, from its banner)")
+    parse.add_argument("--vmlinux", type=Path, metavar="FILE",
+                       help="its vmlinux with debug info, to decode call traces (default: a Debian "
+                            "kernel's linux-image-<release>-dbg, fetched once)")
+    parse.add_argument("--no-decode", action="store_true",
+                       help="do not decode call traces (no vmlinux is looked for or fetched)")
 
     fetch = commands.add_parser("fetch", help="download Debian's kernels, busybox and source")
     fetch.add_argument("--arch", default="all")
@@ -431,7 +439,20 @@ def _parse(args: argparse.Namespace) -> int:
         raise HarnessError(f"{args.log} is not a readable file: give a console or dmesg log")
     if args.json:
         _check_output_file(args.json, "--json")
-    parsed = dmesg.parse(args.log.read_bytes().decode(errors="replace"))
+    text = args.log.read_bytes().decode(errors="replace")
+    parsed = dmesg.parse(text)
+    banner = source_lines.kernel_banner(text)
+    if args.source is not None:
+        source: source_lines.Source = source_lines.tree_source(args.source, banner)
+    elif banner is not None and banner.debian_version:
+        source = source_lines.debian_source(banner)
+    else:
+        what = f"the kernel {banner.release}" if banner else "the log's kernel (no banner)"
+        source = source_lines.NotAtHand(f"{what} is not a Debian kernel: give its source tree "
+                                        "with --source TREE")
+    progress = lambda line: _err.print(f"[dim]>[/] {line}", highlight=False)  # noqa: E731
+    debug = None if args.no_decode else annotate.debug_for_log(text, source, args.vmlinux, progress)
+    parsed.findings = annotate.findings_of_log(parsed.findings, text, source, debug)
     report.print_console_report(parsed)
     if args.json:
         write_json(args.json, asdict(parsed), "--json")
@@ -459,10 +480,20 @@ RESULTS_COMMANDS = ("report", "export", "compare")
 
 
 def _results_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    report = commands.add_parser("report", help="write report.md and report.html from a results file")
+    report = commands.add_parser("report", help="write report.md and report.html from a results file, "
+                                                "or (--upstream) a plain-text bug report of a failing boot")
     report.add_argument("results", type=Path, help="a results JSON (hvo-harness/1)")
     report.add_argument("--out", type=Path,
-                        help="directory for report.md and report.html (default: the results file's)")
+                        help="directory for report.md and report.html (default: the results file's); "
+                             "with --upstream, the file for the report (default: standard output)")
+    report.add_argument("--upstream", action="store_true",
+                        help="a bug report for a kernel mailing list: plain text, lines under 80 columns")
+    report.add_argument("--boot", metavar="NAME",
+                        help="with --upstream: the failing boot, e.g. x86_64-hvo-on or its arch "
+                             "(default: the first failing boot)")
+    report.add_argument("--bisect", type=Path, metavar="DIR",
+                        help="with --upstream: the --out of `hvo-harness bisect` (default: a bisect/ "
+                             "beside the results, when there is one of this boot's arch)")
 
     export = commands.add_parser("export", help="convert a results file for another system")
     formats = export.add_subparsers(dest="format", required=True)
@@ -484,7 +515,12 @@ def _results_command(args: argparse.Namespace) -> int:
     from harness import compare, kcidb_export, report_page
     from harness.results import load
 
+    if args.command == "report" and args.upstream:
+        return _upstream_report(args)
     if args.command == "report":
+        if args.boot or args.bisect:
+            raise HarnessError(f"--{'boot' if args.boot else 'bisect'} is for the upstream report: "
+                               "give --upstream too, or leave it out")
         results = load(args.results)
         out_dir = args.out or args.results.parent
         try:
@@ -508,6 +544,28 @@ def _results_command(args: argparse.Namespace) -> int:
     comparison = compare.compare(load(args.base), load(args.new), base_label, new_label)
     print(compare.format_comparison(comparison, base_label, new_label))
     return EXIT_FAIL if comparison.regressions else EXIT_PASS
+
+
+def _upstream_report(args: argparse.Namespace) -> int:
+    from harness import upstream
+    from harness.results import load
+
+    results = load(args.results)
+    run = upstream.select_run(results, args.boot)
+    bisect = upstream.find_bisect(args.results, run, args.bisect) if args.bisect else None
+    text = upstream.render(results, run, args.results, bisect)
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_PASS
+    if args.out.is_dir():
+        raise HarnessError(f"--out {args.out} is a directory: with --upstream give the file to write")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    except OSError as error:
+        raise _unwritable(args.out, error) from None
+    print(args.out)
+    return EXIT_PASS
 
 
 def _unwritable(target: Path, error: OSError) -> HarnessError:

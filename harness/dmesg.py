@@ -1,6 +1,8 @@
 """Read a kernel console or dmesg: complaints (WARN, BUG, Oops, panic, ...) and HugeTLB lines.
 
-Pure: text in, data out. No I/O, no QEMU. Every pattern follows a printk format of the kernel
+Pure: text in, data out. No I/O, no QEMU. Which statement a finding is (a named check) is not
+read here but from the kernel's source at its file:line (harness/source_lines.py,
+harness/checks.py). Every pattern follows a printk format of the kernel
 (lib/bug.c, kernel/panic.c, arch/*/kernel/traps.c, arch/*/mm/fault.c, mm/hugetlb*.c, ...); the
 comment above each regexp names the format strings and the files they come from.
 
@@ -24,8 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.results import Finding
-
-SPARSE_INIT_CHECK = "sparse_init-memmap-alignment"
 
 EXCERPT_MAX_LINES = 60  # an excerpt never has more lines than this
 PANIC_CONTEXT_LINES = 5  # lines kept before "Kernel panic - not syncing"
@@ -688,35 +688,6 @@ def _find_end(ev: _Event, lines: list[_Line], hits: dict[int, _Hit], limit: int)
     return max(last, ev.header)
 
 
-_SPARSE_INIT_FUNC_RE = re.compile(r"^sparse_init(?:\.[\w.]+)?$")
-_SPARSE_INIT_SYM_RE = re.compile(r"(?<![\w.$])sparse_init(?:\.[\w.]+)?\+0x")
-
-
-def _sparse_file(file: str | None) -> bool:
-    return file is not None and (file == "mm/sparse.c" or file.endswith("/mm/sparse.c"))
-
-
-def _check(ev: _Event, function: str | None, block: list[_Line]) -> str | None:
-    """The sparse_init() memmap alignment check in mm/sparse.c: BUG_ON(!aligned) with
-    CONFIG_DEBUG_VM and WARN_ON(!aligned) otherwise (seed series), VM_WARN_ON_ONCE(...) in 7.2.
-
-    A WARN/BUG trap whose function (header, else RIP/epc/ERA/pc line) is sparse_init, in
-    mm/sparse.c or with no file printed; or, when no function was printed at all, one in
-    mm/sparse.c whose call trace names sparse_init. A known other function in mm/sparse.c is not
-    this check: 7.2's mminit_validate_memmodel_limits() has WARN_ON_ONCE(1) at mm/sparse.c:142
-    and :149 and runs under sparse_init() (memblocks_present()), so its trace names sparse_init.
-    """
-    if not ev.trap or ev.kind not in ("warn", "bug"):
-        return None
-    if function is not None:
-        if _SPARSE_INIT_FUNC_RE.match(function) and (ev.file is None or _sparse_file(ev.file)):
-            return SPARSE_INIT_CHECK
-        return None
-    if _sparse_file(ev.file) and any(_SPARSE_INIT_SYM_RE.search(ln.msg) for ln in block):
-        return SPARSE_INIT_CHECK
-    return None
-
-
 def _bound(events: list[_Event], lines: list[_Line], hits: dict[int, _Hit]) -> None:
     """Each event's block: start and end."""
     floor = 0
@@ -813,7 +784,6 @@ def _findings(lines: list[_Line]) -> list[Finding]:
                 file=ev.file,
                 line=ev.line,
                 excerpt=excerpt,
-                check=_check(ev, function, block),
             )
         )
     return findings

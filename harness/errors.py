@@ -17,3 +17,14 @@ class KernelUnavailable(HarnessError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DebugInfoUnavailable(HarnessError):
+    """A kernel's debug info (Debian's linux-image-<release>-dbg at the image's version) cannot
+    be had: no suite has that package at that version, or its download failed. Not fatal to a
+    run: whoever wanted sizes from it (harness/structpage.py) says "not measured" with
+    `reason`, which names the package and version."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

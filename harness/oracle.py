@@ -9,6 +9,8 @@ one read-only tail vmemmap page per node and order):
 - only if sizeof(struct page) is a power of two (the mask encoding of compound_info needs it)
   and CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP is set; orders whose vmemmap is under two pages
   (VMEMMAP_TAIL_MIN_ORDER) have nothing to free.
+sizeof(struct page) is the kernel's own, measured by harness/structpage.py; when it was not
+measured the rules give no number (None), never one for an assumed size.
 Measurements use /proc/vmstat nr_memmap_pages + nr_memmap_boot_pages, which count every
 vmemmap page the kernel holds: allocating a huge page with HVO frees all its vmemmap pages
 and takes one new head page, so the sum drops by exactly V / PAGE_SIZE - 1. The shared tail
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.structpage import StructPage
+
 
 @dataclass(frozen=True)
 class Expectation:
-    kib_per_page: int
-    # Why the rules give 0 (empty when they give a positive number).
+    # None: the rules cannot say (struct page not measured); `reason` says why.
+    kib_per_page: int | None
+    # Why the rules give 0 or None (empty when they give a positive number).
     reason: str = ""
 
 
@@ -31,15 +36,17 @@ def is_power_of_two(value: int) -> bool:
 
 
 def expected_freeable(
-    huge_size: int, page_size: int, struct_page_size: int, hvo_built: bool | None
+    huge_size: int, page_size: int, struct_page: StructPage, hvo_built: bool | None
 ) -> Expectation:
+    """vmemmap KiB HVO frees per huge page of HUGE_SIZE bytes, for the kernel's measured
+    STRUCT_PAGE."""
     if hvo_built is False:
         return Expectation(0, "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP is not set")
-    if not is_power_of_two(struct_page_size):
-        return Expectation(
-            0, f"sizeof(struct page) = {struct_page_size} is not a power of two"
-        )
-    vmemmap = huge_size // page_size * struct_page_size
+    if struct_page.size is None:
+        return Expectation(None, struct_page.measured)
+    if not is_power_of_two(struct_page.size):
+        return Expectation(0, struct_page.not_power_of_two())
+    vmemmap = huge_size // page_size * struct_page.size
     if vmemmap < 2 * page_size:
         return Expectation(0, f"the vmemmap of a {huge_size >> 10} KiB page fits in one page")
     return Expectation((vmemmap - page_size) // 1024)

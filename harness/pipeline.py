@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness import (
     __version__,
+    annotate,
     artefacts,
     bundle,
     guest,
@@ -28,6 +29,7 @@ from harness import (
     kmsg,
     protocol,
     qemu,
+    structpage,
     trees,
     vng,
 )
@@ -146,7 +148,9 @@ def prepare_kernel(
         image = images.prepare(debian.image, profile)
         info = KernelInfo(str(debian.image), debian.release, image.sha256,
                           _debian_source(kernel, debian), kernel.label)
-        return PreparedKernel(image, info, kconfig.read(debian.config))
+        debian_config = kconfig.read(debian.config)
+        structpage.fill(profile, image, info, debian_config, progress)
+        return PreparedKernel(image, info, debian_config)
     path = kernel
     image = images.prepare(path, profile)
     if config_path is None:
@@ -155,6 +159,7 @@ def prepare_kernel(
     config = kconfig.read(config_path) if config_path else None
     info = KernelInfo(str(path.resolve()), None, image.sha256, {"type": "image", "format": image.format,
                       "config": str(config_path) if config_path else None})
+    structpage.fill(profile, image, info, config, progress)
     return PreparedKernel(image, info, config)
 
 
@@ -223,7 +228,9 @@ def prepared_build(profile: ArchProfile, variant: kbuild.Variant, built: kbuild.
         **extra,
     }
     info = KernelInfo(str(built.image), built.release, image.sha256, kernel_source)
-    return PreparedKernel(image, info, kconfig.read(built.config), variant.name)
+    config = kconfig.read(built.config)
+    structpage.fill(profile, image, info, config)
+    return PreparedKernel(image, info, config, variant.name)
 
 
 def prepare_environment(profile: ArchProfile, want_kvm: bool = True) -> GuestEnvironment:
@@ -240,7 +247,11 @@ def kernel_facts(profile: ArchProfile, kernel: PreparedKernel) -> judge.KernelFa
     hvo_built = None
     if kernel.config is not None:
         hvo_built = config.get("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP") == "y"
-    return judge.KernelFacts(page_size, profile.struct_page_size, hvo_built)
+    # Measured where the kernel was prepared; a kernel prepared elsewhere (repro's) is measured
+    # here, once: its info then carries it into the results.
+    if kernel.info.struct_page is None:
+        structpage.fill(profile, kernel.image, kernel.info, kernel.config)
+    return judge.KernelFacts(page_size, structpage.StructPage.from_json(kernel.info.struct_page), hvo_built)
 
 
 def boot_stem(profile: ArchProfile, kernel: PreparedKernel | UnavailableKernel, hvo: str) -> str:
@@ -286,6 +297,8 @@ def boot(
 
     backend: "qemu" (QEMU with the initramfs) or "vng" (virtme-ng on the host's userspace,
     vng.py): the same guest scripts, results channel and judging."""
+    # Through firmware or directly, as the image's format boots, with that boot's NUMA nodes.
+    profile = qemu.boot_profile(profile, kernel.image)
     facts = kernel_facts(profile, kernel)
     plan = make_plan(profile, facts.page_size, hvo)
     stem = boot_stem(profile, kernel, hvo)
@@ -320,6 +333,10 @@ def boot(
     with contextlib.suppress(OSError):
         kernel_log.write_text(log.text)
     verdict = judge.judge(profile, plan, facts, log, report, outcome)
+    # Which statement each finding is (from the kernel's source) and its decoded trace (from
+    # its vmlinux): a tree build's tree and O= directory, a Debian kernel's linux-source and
+    # -dbg package (fetched once, only for a finding with a trace).
+    findings = annotate.findings_of_boot(kernel.info, log.text, verdict.findings, progress)
     run = Run(
         arch=profile.name,
         variant=kernel.variant,
@@ -329,7 +346,7 @@ def boot(
         boot_seconds=round(outcome.boot_seconds, 2) if outcome.boot_seconds else None,
         verdict=verdict.verdict,  # type: ignore[arg-type]
         hvo=verdict.hvo,
-        findings=verdict.findings,
+        findings=findings,
         scenarios=verdict.scenarios,
         console_log=str(console_log),
         verdict_reason=verdict.verdict_reason,

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from harness import artefacts, guest_memory, kbuild, pipeline
+from harness import artefacts, guest_memory, kbuild, pipeline, qemu
 from harness.errors import HarnessError
 from harness.plan import make_plan
 from harness.profiles import ARCH_NAMES, ArchProfile, get_profile, parse_arch_list, parse_size
@@ -249,6 +249,16 @@ def _page_size(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> int | No
     return pipeline.kernel_facts(profile, kernel).page_size
 
 
+def _booted_profile(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> ArchProfile:
+    """The profile as pipeline.boot will boot the kernel (qemu.boot_profile: firmware or not, and
+    so the NUMA nodes the plan's items name). A tree's kernel is not built at collection: it is
+    the arch's build.image, which boots directly (loongarch64's vmlinux.elf: one node)."""
+    kernel = None if spec.tree is not None else boots.kernel(profile, spec)
+    if isinstance(kernel, pipeline.PreparedKernel):
+        return qemu.boot_profile(profile, kernel.image)
+    return replace(profile, node_mem_mib=qemu.guest_node_layout(profile, profile.node_mem_mib))
+
+
 def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
     option = config.getoption("--hvo-arch")
     if not option:
@@ -273,8 +283,9 @@ def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
         for profile in profiles:
             for spec in specs:
                 page_size = _page_size(profile, spec, BOOTS)
+                planned = _booted_profile(profile, spec, BOOTS)
                 for hvo in settings:
-                    names = [] if page_size is None else make_plan(profile, page_size, hvo).scenario_names()
+                    names = [] if page_size is None else make_plan(planned, page_size, hvo).scenario_names()
                     boots.append((BootKey(profile.name, spec, hvo), names))
         return boots
     except HarnessError as error:

@@ -8,10 +8,12 @@ import os
 import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from harness import artefacts
 from harness.errors import HarnessError
+from harness.images import KernelImage
 from harness.profiles import ArchProfile
 
 # Names of the virtio-serial ports the guest looks up in /sys/class/virtio-ports/*/name.
@@ -59,9 +61,10 @@ def build_argv(
         argv += ["-cpu", "host" if accel.used == "kvm" else profile.cpu]
     if profile.bios:
         if not Path(profile.bios).exists():
-            raise HarnessError(
-                f"firmware {profile.bios} not found: run `make deps` ({profile.qemu_package})"
-            )
+            fix = (f"run `hvo-harness fetch --arch {profile.name}` (Debian package "
+                   f"{profile.firmware.package})" if profile.firmware
+                   else f"run `make deps` ({profile.qemu_package})")
+            raise HarnessError(f"firmware {profile.bios} not found: {fix}")
         argv += ["-bios", profile.bios]
     nodes = len(profile.node_mem_mib)
     # One socket per node: CPUs that share a core or cache must share a node, else the
@@ -88,6 +91,30 @@ def build_argv(
     ]
     argv += list(profile.extra_qemu_args)
     return argv
+
+
+def guest_node_layout(profile: ArchProfile, layout: tuple[int, ...]) -> tuple[int, ...]:
+    """The NUMA layout (MiB per node) a boot of PROFILE gives the kernel for LAYOUT: LAYOUT, or,
+    where a kernel booted without firmware sees no NUMA nodes (profile.direct_boot_numa False,
+    bios None), one node of the same total. Offering QEMU nodes the kernel cannot see would ask
+    hugepages= of a node 1 it does not have, which the kernel refuses as a whole."""
+    if profile.bios is None and not profile.direct_boot_numa and len(layout) > 1:
+        return (sum(layout),)
+    return layout
+
+
+def boot_profile(profile: ArchProfile, image: KernelImage) -> ArchProfile:
+    """PROFILE as IMAGE boots: through the profile's firmware when the file QEMU boots is of a
+    format the firmware takes (the firmware is fetched into the cache once), else as the profile
+    says; with the node layout that boot gives the kernel (guest_node_layout). A profile that
+    names its -bios already (a bundle's, with its own copy of the firmware) keeps it, so the
+    result is the same when it is applied again (repro, triage)."""
+    bios = profile.bios
+    booted = image.payload_format or image.format
+    if bios is None and profile.firmware is not None and booted in profile.firmware.formats:
+        bios = str(artefacts.ensure_firmware(profile.firmware).path)
+    chosen = replace(profile, bios=bios)
+    return replace(chosen, node_mem_mib=guest_node_layout(chosen, profile.node_mem_mib))
 
 
 def port_args(profile: ArchProfile, files: GuestFiles) -> list[str]:

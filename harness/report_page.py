@@ -17,12 +17,13 @@ from __future__ import annotations
 import html
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
 from harness.finding_groups import FindingGroup, group_findings
-from harness.results import Results, Run, Scenario, run_unit
+from harness.results import Finding, Results, Run, Scenario, run_unit
 
 MARKDOWN_NAME = "report.md"
 HTML_NAME = "report.html"
@@ -159,6 +160,57 @@ def _headline(group: FindingGroup) -> str:
     return group.example.headline()
 
 
+def struct_page_text(run: Run) -> str | None:
+    """sizeof(struct page) as the kernel has it ('64 bytes (BTF in the image)'), or why it was
+    not measured; None when the results predate the measurement."""
+    measured = run.kernel.struct_page
+    if not measured:
+        return None
+    if measured.get("size"):
+        return f"{measured['size']} bytes ({measured.get('origin')})"
+    return str(measured.get("why") or "not measured")
+
+
+def statement_heading(finding: Finding) -> str | None:
+    """What the source says of a finding: where the statement is, or why it is not at hand."""
+    source = finding.source
+    if not source:
+        return None
+    if source.get("status") != "found":
+        return f"Source: {source.get('status')} - {source.get('why', '')}"
+    inside = f" in {source['function']}" if source.get("function") else ""
+    where = f"{source.get('file')}:{source.get('line')}"
+    return f"Statement that fired, {where}{inside} ({source.get('origin')}):"
+
+
+def statement_text(finding: Finding) -> str | None:
+    """The source lines of the statement, numbered; their common indentation removed."""
+    source = finding.source
+    if not source or source.get("status") != "found" or not source.get("lines"):
+        return None
+    entries = source["lines"]
+    texts = textwrap.dedent("\n".join(str(e.get("text", "")).expandtabs(8) for e in entries)).splitlines()
+    numbered = zip(entries, texts, strict=False)
+    return "\n".join(f"{entry.get('line'):>5}  {text.rstrip()}" for entry, text in numbered)
+
+
+def trace_heading(finding: Finding) -> str | None:
+    trace = finding.trace
+    if not trace:
+        return None
+    if trace.get("status") != "decoded":
+        return f"Trace not decoded: {trace.get('why', '')}"
+    partly = f" Decoded in part: {trace['why']}." if trace.get("why") else ""
+    return f"Decoded trace (against {trace.get('vmlinux')}, {trace.get('origin')}):{partly}"
+
+
+def trace_text(finding: Finding) -> str | None:
+    trace = finding.trace
+    if not trace or trace.get("status") != "decoded":
+        return None
+    return str(trace.get("text", ""))
+
+
 # --- Markdown ------------------------------------------------------------------------------
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
@@ -220,8 +272,11 @@ def _md_run(run: Run) -> list[str]:
         f"accel {md_inline(_accel_text(run))}",
         f"- Command line: {md_inline(run.cmdline)}",
         f"- Console log: {md_inline(run.console_log)}",
-        "",
     ]
+    struct_page = struct_page_text(run)
+    if struct_page:
+        lines.append(f"- struct page: {md_inline(struct_page)}")
+    lines.append("")
     groups = group_findings(run.findings)
     lines += [f"### Findings ({len(run.findings)})", ""]
     if groups:
@@ -235,6 +290,7 @@ def _md_run(run: Run) -> list[str]:
             lines += [f"Finding {number} ({md_inline(group.example.summary())}), "
                       f"{'the longest of ' + str(group.count) if group.count > 1 else 'excerpt'}:", "",
                       md_fence(group.example.excerpt), ""]
+            lines += _md_decoded(group.example)
     else:
         lines += ["No findings.", ""]
     lines += [f"### Scenarios ({_status_counts(run)} pass / fail / skip)", ""]
@@ -245,6 +301,18 @@ def _md_run(run: Run) -> list[str]:
     ]
     header = ["scenario", "status", "pages", "expected KiB", "claimed KiB", "measured KiB", "reason"]
     return [*lines, *(_md_table(header, rows) if rows else ["No scenarios ran."]), "", *_md_triage(run)]
+
+
+def _md_decoded(finding: Finding) -> list[str]:
+    """The statement that fired and the decoded trace of a finding, when they are known."""
+    lines: list[str] = []
+    for heading, text in ((statement_heading(finding), statement_text(finding)),
+                          (trace_heading(finding), trace_text(finding))):
+        if heading:
+            lines += [md_inline(heading), ""]
+        if text:
+            lines += [md_fence(text), ""]
+    return lines
 
 
 _TRIAGE_COLUMNS = ("variation", "verdict", "outcome", "findings", "failing scenarios", "detail")
@@ -456,9 +524,25 @@ def _html_findings(run: Run) -> Markup:
             "tr", element("td", group.count, class_="num"), element("td", finding.kind),
             element("td", element("code", finding.function) if finding.function else "-"),
             element("td", _where(group)), element("td", finding.check or "-"),
-            element("td", element("div", _headline(group)), excerpt),
+            element("td", element("div", _headline(group)), excerpt, _html_decoded(finding)),
         ))
     return _join([heading, element("table", element("thead", header), element("tbody", *rows))])
+
+
+def _html_decoded(finding: Finding) -> Markup:
+    """The statement that fired (shown) and the decoded trace (folded), when known."""
+    parts: list[Markup] = []
+    heading, text = statement_heading(finding), statement_text(finding)
+    if heading:
+        parts.append(element("div", heading))
+    if text:
+        parts.append(element("pre", text))
+    heading, text = trace_heading(finding), trace_text(finding)
+    if heading and text:
+        parts.append(element("details", element("summary", heading), element("pre", text)))
+    elif heading:
+        parts.append(element("div", heading))
+    return _join(parts)
 
 
 def _html_scenarios(run: Run) -> Markup:
@@ -489,6 +573,9 @@ def _html_run(index: int, run: Run) -> Markup:
         ("Command line", element("code", run.cmdline)),
         ("Console log", element("code", run.console_log)),
     ]
+    struct_page = struct_page_text(run)
+    if struct_page:
+        facts.append(("struct page", struct_page))
     details = element("dl", *(_join([element("dt", name), element("dd", value)]) for name, value in facts))
     heading = element("h2", _join([escape(f"{run_title(run)}: "),
                                    element("span", run.verdict.upper(), class_=run.verdict)]),

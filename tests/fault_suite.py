@@ -68,8 +68,9 @@ def boot(
     hvo: str = "on",
     prepared: pipeline.PreparedKernel | None = None,
     stop: threading.Event | None = None,
+    profile: ArchProfile | None = None,
 ) -> Run:
-    profile: ArchProfile = get_profile(arch)
+    profile = profile or get_profile(arch)
     return pipeline.boot(profile, prepared or kernel(arch), fault_environment(arch, wrapper), hvo,
                          out_dir, timeout=timeout, stop=stop)
 

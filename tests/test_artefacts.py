@@ -17,6 +17,10 @@ from harness.profiles import ARCH_NAMES, get_profile
 @pytest.fixture(scope="module")
 def filled() -> dict[str, tuple[artefacts.DebianKernel, artefacts.Busybox]]:
     """The real cache, fetched from Debian sid if absent (what `hvo-harness fetch` does)."""
+    for name in ARCH_NAMES:
+        firmware = get_profile(name).firmware
+        if firmware is not None:
+            artefacts.ensure_firmware(firmware)  # fetch fills it too (loongarch64's UEFI)
     return {
         name: (
             artefacts.ensure_debian_kernel(get_profile(name)),
@@ -122,6 +126,9 @@ def test_fetch_summary_offline(filled, no_apt) -> None:
         assert entry["image_sha256"] == kernel.image_sha256
         assert entry["busybox"] == str(busybox.path)
         assert len(entry["packages"]) == 3
+        firmware = get_profile(name).firmware
+        if firmware is not None:
+            assert entry["firmware"] == str(artefacts.ensure_firmware(firmware).path)
     assert "source" not in summary
     assert progress == []  # nothing was fetched
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import bisect, kbuild
+from harness import bisect, checks, kbuild, source_lines
+from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.profiles import get_profile
 from harness.results import Finding, Run, Scenario, load
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 MISALIGN_PATCH = REPO / "patches" / "riscv-misalign-vmemmap.patch"
 SPARSE_INIT_CHECK = "sparse_init-memmap-alignment"
+LINUX_SOURCE_72 = cache_dir("src") / "linux-source-7.2_7.2.13-1_all"
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
@@ -59,12 +61,63 @@ def test_bad_check_spec_is_one_line(spec: str, message: str) -> None:
 # --- good, bad or skip, per boot and per step -----------------------------------------------------
 
 @pytest.fixture
-def warn_run() -> Run:
+def recorded_run() -> Run:
     """A real riscv64 debug boot with HVO on (docs/findings.md #3): two WARNs in
-    vmemmap_remap_pte, boot-time scenarios failed, run-time ones passed, savings exact."""
+    vmemmap_remap_pte, boot-time scenarios failed, run-time ones passed, savings exact. Recorded
+    before findings carried their source lines (Finding.source None)."""
     (run,) = load(DATA / "results-riscv64-7.2.13-debug-hvo-on.json").runs
     assert run.ended == "done" and run.verdict == "fail"
     return run
+
+
+@pytest.fixture
+def warn_run(recorded_run: Run) -> Run:
+    """The recorded boot with its WARNs read in the source it was built from (linux-source-7.2
+    7.2.13-1), as pipeline.boot reads them now."""
+    if not (LINUX_SOURCE_72 / "mm/sparse.c").is_file():
+        pytest.skip(f"no {LINUX_SOURCE_72} (hvo-harness fetch)")
+    source = source_lines.SourceTree(LINUX_SOURCE_72, "linux-source-7.2 7.2.13-1")
+    findings = checks.assign_all(source_lines.resolve_all(recorded_run.findings, source))
+    return dataclasses.replace(recorded_run, findings=findings)
+
+
+def test_a_named_check_is_not_called_absent_where_the_source_was_not_read(recorded_run: Run) -> None:
+    """Checks come from the statement at a finding's line in the tree that was built: a WARN
+    whose line was not read there might be the check, so its absence proves nothing."""
+    outcome, reason = judged(recorded_run, f"check:{SPARSE_INIT_CHECK}")
+    assert outcome == "skip" and "could not be read in the source" in reason
+    assert judged(recorded_run, "function:sparse_init")[0] == "good"
+
+
+def test_named_check_from_the_tree_at_the_commit_built(tmp_path: Path) -> None:
+    """bisect's steps read the check in the tree they built, at that commit: the same WARN line
+    is the alignment check at one commit and another statement at the next."""
+    if not (LINUX_SOURCE_72 / "mm/sparse.c").is_file():
+        pytest.skip(f"no {LINUX_SOURCE_72} (hvo-harness fetch)")
+    repo = tmp_path / "tree"
+    (repo / "mm").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    sparse = (LINUX_SOURCE_72 / "mm/sparse.c").read_text()
+    commits = []
+    for text in (sparse, sparse.replace("VM_WARN_ON_ONCE(!IS_ALIGNED", "VM_WARN_ON_ONCE(!IS_ENABLED")):
+        (repo / "mm/sparse.c").write_text(text)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+        commits.append(subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                      check=True).stdout.strip())
+    warn = Finding("warn", "sparse_init", "mm/sparse.c", 365,
+                   "WARNING: mm/sparse.c:365 at sparse_init+0x5c/0x2d0, CPU#0: swapper/0")
+    outcomes = []
+    for commit in commits:
+        source = source_lines.build_source({"type": "tree", "tree": str(repo), "commit": commit,
+                                            "dirty": False, "patches": []})
+        [finding] = checks.assign_all(source_lines.resolve_all([warn], source))
+        assert finding.source is not None and finding.source["status"] == "found"
+        run = dataclasses.replace(load(DATA / "results-riscv64-7.2.13-debug-hvo-on.json").runs[0],
+                                  findings=[finding])
+        outcomes.append(judged(run, f"check:{SPARSE_INIT_CHECK}")[0])
+    assert outcomes == ["bad", "good"]
 
 
 def judged(run: Run, spec: str) -> tuple[str, str]:
@@ -136,11 +189,13 @@ def test_scenario_glob_matching_nothing_is_skip(warn_run: Run) -> None:
 
 
 def test_named_check_field(warn_run: Run) -> None:
-    sparse = Finding("warn", "sparse_init", "mm/sparse.c", 606, "WARNING: mm/sparse.c:606 at sparse_init",
-                     check=SPARSE_INIT_CHECK)
+    [sparse] = checks.assign_all(source_lines.resolve_all(
+        [Finding("warn", "sparse_init", "mm/sparse.c", 365, "WARNING: mm/sparse.c:365 at sparse_init")],
+        source_lines.SourceTree(LINUX_SOURCE_72, "linux-source-7.2 7.2.13-1")))
+    assert sparse.check == SPARSE_INIT_CHECK
     run = dataclasses.replace(warn_run, findings=[*warn_run.findings, sparse])
     assert judged(run, f"check:{SPARSE_INIT_CHECK}") == ("bad", f"{SPARSE_INIT_CHECK} at sparse_init "
-                                                                "(mm/sparse.c:606)")
+                                                                "(mm/sparse.c:365)")
     assert judged(run, "check:other")[0] == "good"
 
 

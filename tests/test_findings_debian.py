@@ -29,5 +29,16 @@ def test_bad_page_state_on_releasing_a_boot_time_1g_hvo_page_is_a_fail(tmp_path:
     assert released.status == "fail" and "Bad page state" in released.reason
     # Attributed to that scenario alone: the 2M pages of the same boot still pass.
     assert all(s.status == "pass" for s in run.scenarios if s.size == "2M"), run.verdict_reason
+    # Decoded with Debian's own vmlinux (linux-image-<release>-dbg, fetched once): file:line per
+    # frame, the inlined hugetlb frames included. No file:line is printed, so no statement.
+    bad = next(f for f in run.findings if "Bad page state" in f.excerpt)
+    assert bad.source is not None and bad.source["status"] == "no file:line" and bad.check is None
+    assert bad.trace is not None and bad.trace["status"] == "decoded", bad.trace
+    assert bad.trace["origin"] == f"linux-image-{run.kernel.release}-dbg {run.kernel.source['version']}"
+    frames = bad.trace["frames"]
+    assert frames and all(frame["file"] and frame["line"] for frame in frames), bad.trace
+    where = {(frame["function"], frame["file"], frame["inlined"]) for frame in frames}
+    assert {("__free_pages_ok", "mm/page_alloc.c", False),
+            ("update_and_free_hugetlb_folio", "mm/hugetlb.c", True)} <= where, bad.trace["text"]
     if append:
         assert "Bad page state" not in Path(run.console_log).read_text()

@@ -19,13 +19,24 @@ from harness.guest import GuestOutcome
 from harness.plan import make_plan
 from harness.profiles import get_profile
 from harness.results import Run
+from harness.structpage import Member, StructPage
 
 DATA = Path(__file__).parent / "data"
 RISCV = get_profile("riscv64")
-LOONGARCH = get_profile("loongarch64")
-# Debian's riscv64 and loong64 7.2.13: CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y.
-RISCV_FACTS = judge.KernelFacts(4096, 64, True)
-LOONGARCH_FACTS = judge.KernelFacts(16384, 64, True)
+# The recorded loongarch64 boots were booted directly, on one node (before EFI kernels went
+# through firmware, on two: qemu.boot_profile); judged with the profile they were booted with.
+LOONGARCH = replace(get_profile("loongarch64"), node_mem_mib=(8192,))
+# Debian's riscv64 7.2.13 (CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y): struct page as pahole reads
+# the BTF carved out of its Image (tests/test_structpage.py measures it for real).
+RISCV_MEMBERS = (Member("flags", 0, 8), Member("union {struct {...}, callback_head}", 8, 40),
+                 Member("union {page_type, _mapcount}", 48, 4), Member("_refcount", 52, 4),
+                 Member("memcg_data", 56, 8))
+RISCV_FACTS = judge.KernelFacts(4096, StructPage(64, "BTF in vmlinuz", RISCV_MEMBERS), True)
+# Debian's loong64 7.2.13: HVO built in, yet 0 KiB freed and no sysctl; struct page is 80 bytes in
+# the DWARF of its -dbg vmlinux, `void *virtual` past 64 (tests/test_structpage.py).
+LOONGARCH_STRUCT_PAGE = StructPage(80, "DWARF of linux-image-7.2.13+deb14-loong64-dbg 7.2.13-1",
+                                   (*RISCV_MEMBERS, Member("virtual", 64, 8)))
+LOONGARCH_FACTS = judge.KernelFacts(16384, LOONGARCH_STRUCT_PAGE, True)
 DONE = GuestOutcome("done", "guest finished its scenarios", 5.0, 30.0, 0)
 
 # A WARN as the kernel logs it (kernel/panic.c __warn, 7.2 format), at KERN_WARNING.
@@ -180,6 +191,50 @@ def test_an_unmeasured_saving_is_not_a_pass() -> None:
     assert not [s for s in judgement.scenarios if s.status == "pass"]
 
 
+def test_a_changed_struct_page_size_changes_the_expectation() -> None:
+    """The recorded riscv64 kernel frees 28 KiB per 2M page, what a 64-byte struct page gives.
+    Judged as if its struct page were 128 bytes, the rules give 60 KiB: the kernel's claim
+    and the measurement then fail against it, so the size in use is the one given."""
+    bigger = replace(RISCV_FACTS, struct_page=StructPage(128, "DWARF of vmlinux", RISCV_MEMBERS))
+    judgement = judged(recorded_riscv(), facts=bigger)
+    on_2m = [s for s in judgement.scenarios if s.size == "2M" and s.hvo == "on"]
+    assert on_2m and all(s.status == "fail" and s.vmemmap.expected_kib_per_page == 60 for s in on_2m)
+    assert "HVO's rules give 60 KiB (4096-byte pages, sizeof(struct page) = 128 (DWARF of vmlinux))" \
+        in on_2m[0].reason
+    baseline = [s for s in judged(recorded_riscv()).scenarios if s.size == "2M" and s.hvo == "on"]
+    assert all(s.status == "pass" and s.vmemmap.expected_kib_per_page == 28 for s in baseline)
+
+
+UNMEASURED = StructPage(None, why="no vmlinux beside vmlinuz; no BTF in vmlinuz; what would give it: ...")
+
+
+def test_an_unmeasured_struct_page_never_passes_a_savings_check() -> None:
+    """No size, no expectation: HVO-on savings are skips naming why (never a pass against an
+    assumed 64); HVO-off ones still must free nothing, which needs no size."""
+    judgement = judged(recorded_riscv(), facts=replace(RISCV_FACTS, struct_page=UNMEASURED))
+    on = [s for s in judgement.scenarios if s.hvo == "on" and s.size in ("2M", "1G")]
+    off = [s for s in judgement.scenarios if s.hvo == "off" and s.size in ("2M", "1G")]
+    assert on and all(s.status == "skip" for s in on), [(s.name, s.status, s.reason) for s in on]
+    assert all(s.vmemmap.expected_kib_per_page is None for s in on)
+    assert "the kernel claims 28 = measured 28 KiB per page, but no savings check: struct page not " \
+           "measured: no vmlinux beside vmlinuz" in next(s for s in on if s.size == "2M").reason
+    assert off and all(s.status == "pass" for s in off)
+    assert judgement.verdict == "pass"  # skips with a reason, no failure
+
+
+def test_an_unmeasured_struct_page_still_fails_a_claim_the_counters_contradict() -> None:
+    boot = recorded_riscv()
+    # The kernel claims 24 KiB per 2M page; the counters measure 28.
+    boot.dmesg = boot.dmesg.replace("28 KiB vmemmap can be freed for a 2.00 MiB page",
+                                    "24 KiB vmemmap can be freed for a 2.00 MiB page")
+    boot.console = boot.console.replace("28 KiB vmemmap can be freed for a 2.00 MiB page",
+                                        "24 KiB vmemmap can be freed for a 2.00 MiB page")
+    judgement = judged(boot, facts=replace(RISCV_FACTS, struct_page=UNMEASURED))
+    failed = [s for s in judgement.scenarios if s.status == "fail"]
+    assert failed and all(s.size == "2M" and s.hvo == "on" for s in failed)
+    assert "the kernel claims 24" in failed[0].reason
+
+
 def test_hvo_state_does_not_say_savings_were_claimed_when_none_were() -> None:
     boot = recorded_riscv()
     drop = "vmemmap can be freed"
@@ -214,6 +269,33 @@ def test_the_recorded_console_channel_boot_is_judged() -> None:
     judgement = judged(recorded_loongarch(), profile=LOONGARCH, facts=LOONGARCH_FACTS)
     assert judgement.verdict == "pass", judgement.verdict_reason
     assert [s.status for s in judgement.scenarios if s.size == "32M"] == ["skip"] * 2
+
+
+def test_the_hvo_inactive_reason_is_the_measured_struct_page() -> None:
+    """HVO inactive on Debian's loong64 kernel: the reason is the size the kernel's own debug
+    info gives, where it was read, and what lies past 64 bytes; another size, another reason."""
+    judgement = judged(recorded_loongarch(), profile=LOONGARCH, facts=LOONGARCH_FACTS)
+    assert judgement.hvo.state == "inactive"
+    assert ("sizeof(struct page) = 80 (DWARF of linux-image-7.2.13+deb14-loong64-dbg 7.2.13-1): not a "
+            "power of two; past 64 bytes: virtual (offset 64, 8 bytes), then 8 bytes of padding"
+            ) in judgement.hvo.reason
+    native = [s for s in judgement.scenarios if s.size == "32M" and s.hvo == "on"]
+    assert native and all(s.status == "skip" and "sizeof(struct page) = 80" in s.reason for s in native)
+    other_page = StructPage(72, "BTF in vmlinuz", (*RISCV_MEMBERS, Member("_last_cpupid", 64, 4)))
+    other = judged(recorded_loongarch(), profile=LOONGARCH,
+                   facts=replace(LOONGARCH_FACTS, struct_page=other_page)).hvo.reason
+    assert "sizeof(struct page) = 72 (BTF in vmlinuz)" in other
+    assert "past 64 bytes: _last_cpupid (offset 64, 4 bytes), then 4 bytes of padding" in other
+
+
+def test_hvo_inactive_with_an_unmeasured_struct_page_says_so() -> None:
+    unknown = StructPage(None, why="no BTF in vmlinuz; what would give it: a -dbg package")
+    judgement = judged(recorded_loongarch(), profile=LOONGARCH,
+                       facts=replace(LOONGARCH_FACTS, struct_page=unknown))
+    assert judgement.hvo.state == "inactive"
+    assert "sizeof(struct page)" in judgement.hvo.reason
+    assert "not measured: no BTF in vmlinuz; what would give it: a -dbg package" in judgement.hvo.reason
+    assert "= 64" not in judgement.hvo.reason and "= 72" not in judgement.hvo.reason
 
 
 def corrupt_framed(console: str, contains: str, old: str, new: str, copies: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 from html.parser import HTMLParser
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from harness.report import boot_name
 from harness.report_page import (
     md_fence,
     md_inline,
@@ -261,3 +263,139 @@ def test_report_of_a_round_trip_is_the_same() -> None:
     results = from_json(both_arches())
     again = from_json(copy.deepcopy(Results(results.runs, results.harness_version).to_json()))
     assert render_html(again, "r.json") == render_html(results, "r.json")
+
+
+# --- the terminal table (harness/report.py) --------------------------------------------------
+
+RISCV_STATEMENT = {
+    "status": "found", "file": "mm/hugetlb_vmemmap.c", "line": 223, "function": "vmemmap_remap_pte",
+    "origin": "linux-source-7.2 7.2.13-1",
+    "lines": [{"line": 223, "text": "\t\tVM_WARN_ON_ONCE(!PageTail((const struct page *)addr));"}],
+}
+
+
+def _terminal(doc: dict[str, Any], width: int = 100) -> list[str]:
+    from rich.console import Console
+
+    from harness.report import print_results
+
+    console = Console(width=width, record=True, color_system=None, file=io.StringIO())
+    print_results(from_json(doc), console)
+    return console.export_text().splitlines()
+
+
+def _blocks(lines: list[str], results: Results) -> list[list[str]]:
+    """Each boot's lines, from its heading to the next one's (the boots' one-line summaries,
+    after the last block, are cut off)."""
+    starts = [next(i for i, line in enumerate(lines) if line.startswith(f"{boot_name(run)}: "))
+              for run in results.runs]
+    return [lines[start:end] for start, end in zip(starts, [*starts[1:], len(lines)], strict=True)]
+
+
+def test_table_fits_100_columns_one_line_per_scenario() -> None:
+    doc = both_arches()
+    lines = _terminal(doc)
+    assert lines and max(len(line) for line in lines) <= 100, max(lines, key=len)
+    results = from_json(doc)
+    for run, block in zip(results.runs, _blocks(lines, results), strict=True):
+        for scenario in run.scenarios:
+            rows = [line.split() for line in block if line.startswith(scenario.name + " ")]
+            assert len(rows) == 1, (scenario.name, rows)
+            assert rows[0][1:3] == [scenario.status, f"{scenario.allocated}/{scenario.requested}"]
+
+
+def test_table_says_a_repeated_reason_once_per_boot() -> None:
+    text = "\n".join(_terminal(both_arches()))
+    refusal = '16G not supported here: "HugeTLB: unsupported hugepagesz=16G"'
+    # Four 16G scenarios per boot, two boots: the refusal said once in each.
+    assert text.count(refusal) == 2
+    assert text.count("kernel complained: 2 x WARN at vmemmap_remap_pte") == 1  # 6 riscv64 rows
+
+
+def test_table_lists_findings_under_their_boot_with_the_statement() -> None:
+    doc = both_arches()
+    for finding in doc["runs"][0]["findings"]:
+        finding["source"] = RISCV_STATEMENT
+    for finding in doc["runs"][1]["findings"]:
+        finding["source"] = {"status": "no file:line", "why": "the report names no file:line"}
+    lines = _terminal(doc)
+    riscv_start = next(i for i, line in enumerate(lines) if line.startswith("riscv64"))
+    x86_start = next(i for i, line in enumerate(lines) if line.startswith("x86_64"))
+    riscv_block, x86_block = lines[riscv_start:x86_start], lines[x86_start:]
+    statement = "VM_WARN_ON_ONCE(!PageTail((const struct page *)addr));"
+    assert any("2 x WARN at vmemmap_remap_pte" in line for line in riscv_block)
+    assert any("mm/hugetlb_vmemmap.c:223" in line and statement in line for line in riscv_block)
+    assert not any(statement in line for line in x86_block)
+    assert any("60 x BUG: Bad page state in process sh" in line for line in x86_block)
+    assert any("source: no file:line" in line for line in x86_block)
+
+
+# --- the statement, the decoded trace and struct page in report.md / report.html ------------
+
+DECODED_TRACE = {
+    "status": "decoded", "vmlinux": "/cache/vmlinux-7.2.13+", "origin": "the tree build's vmlinux",
+    "text": "[    0.164976] vmemmap_remap_pte (mm/hugetlb_vmemmap.c:223)\n"
+            "[    0.165113] vmemmap_pte_entry (mm/hugetlb_vmemmap.c:251) <script>",
+    "frames": [{"function": "vmemmap_remap_pte", "file": "mm/hugetlb_vmemmap.c", "line": 223,
+                "inlined": False}],
+}
+
+
+def _with_source_and_trace() -> dict[str, Any]:
+    doc = both_arches()
+    riscv, x86 = doc["runs"]
+    for finding in riscv["findings"]:
+        finding.update(source=RISCV_STATEMENT, trace=DECODED_TRACE)
+    for finding in x86["findings"]:
+        finding.update(source={"status": "no file:line", "why": "the report names no file:line"},
+                       trace={"status": "not decoded", "why": "no vmlinux: install linux-image-dbg"})
+    riscv["kernel"]["struct_page"] = {"size": 64, "origin": "BTF in the image",
+                                      "members": [{"name": "flags", "offset": 0, "size": 8}]}
+    x86["kernel"]["struct_page"] = {"size": None, "why": "not measured: no BTF in the image"}
+    return doc
+
+
+def test_markdown_shows_statement_trace_and_struct_page() -> None:
+    markdown = render_markdown(from_json(_with_source_and_trace()), "r.json")
+    assert "mm/hugetlb\\_vmemmap.c:223" in markdown or "mm/hugetlb_vmemmap.c:223" in markdown
+    assert "223  VM_WARN_ON_ONCE(!PageTail((const struct page *)addr));" in markdown
+    assert "linux-source-7.2 7.2.13-1" in markdown
+    assert "vmemmap_pte_entry (mm/hugetlb_vmemmap.c:251) <script>" in markdown  # in a fence
+    assert "Decoded trace (against /cache/vmlinux-7.2.13+, the tree build's vmlinux)" in markdown
+    assert "Trace not decoded: no vmlinux: install linux-image-dbg" in markdown
+    assert "Source: no file:line - the report names no file:line" in markdown
+    assert "struct page: 64 bytes (BTF in the image)" in markdown
+    assert "struct page: not measured: no BTF in the image" in markdown
+
+
+def test_html_shows_statement_trace_and_struct_page() -> None:
+    page = render_html(from_json(_with_source_and_trace()), "r.json")
+    parser = parsed(page)
+    assert "script" not in parser.tags
+    text = "".join(parser.text)
+    assert "223  VM_WARN_ON_ONCE(!PageTail((const struct page *)addr));" in text
+    assert "vmemmap_pte_entry (mm/hugetlb_vmemmap.c:251) <script>" in text
+    assert "Trace not decoded: no vmlinux: install linux-image-dbg" in text
+    assert "64 bytes (BTF in the image)" in text
+    assert "not measured: no BTF in the image" in text
+
+
+def test_reports_without_the_new_fields_say_nothing_of_them() -> None:
+    results = from_json(both_arches())
+    markdown, page = render_markdown(results, "r.json"), render_html(results, "r.json")
+    for text in (markdown, page):
+        assert "struct page:" not in text and "Decoded trace" not in text and "Trace not decoded" not in text
+
+
+def test_table_prints_console_text_as_it_is() -> None:
+    """Reasons and findings quote the guest's console: rich markup in them is text."""
+    doc = both_arches()
+    riscv, x86 = doc["runs"]
+    x86["scenarios"][0]["reason"] = "[/] [b]x[/b]"
+    x86["verdict_reason"] = "verdict [/]"
+    riscv["findings"][0]["function"] = "[link=x]f[/link]"
+    doc["runs"].append({**x86, "verdict": "skip", "verdict_reason": "skipped [/] here", "scenarios": [],
+                        "findings": []})
+    text = "\n".join(_terminal(doc))
+    assert "[/] [b]x[/b]" in text
+    assert "verdict [/]" in text and "[link=x]f[/link]" in text and "skipped [/] here" in text

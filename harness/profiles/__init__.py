@@ -62,6 +62,21 @@ class CpuModel:
 
 
 @dataclass(frozen=True)
+class Firmware:
+    """UEFI firmware from a Debian package, which QEMU runs (-bios) before a kernel whose image
+    format it boots, where the kernel needs what only firmware hands it (LoongArch: the ACPI
+    tables, whose SRAT is its only source of NUMA nodes). qemu.boot_profile() chooses it."""
+
+    # The Debian package that ships it (fetched into the cache like the kernels:
+    # artefacts.ensure_firmware) and the file in that package QEMU takes with -bios.
+    package: str
+    path: str
+    # images.py format names of the file QEMU boots (for an EFI zboot image, its payload)
+    # that go through this firmware; every other format boots directly, as before.
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ArchProfile:
     name: str
     # Debian's name for the arch (package suffix, apt architecture).
@@ -90,8 +105,8 @@ class ArchProfile:
     # Kernel image formats QEMU boots for this arch, by images.py's format names.
     image_formats: tuple[str, ...]
     build: KernelBuild
-    # sizeof(struct page) on this arch's 64-bit configs (power of two: HVO possible).
-    struct_page_size: int = 64
+    # No sizeof(struct page) here: it depends on the config, and is read from each kernel
+    # (harness/structpage.py).
     # Options QEMU must be given for the virtio-serial results channel.
     virtio_serial_device: str = "virtio-serial-pci"
     extra_qemu_args: tuple[str, ...] = field(default_factory=tuple)
@@ -103,6 +118,12 @@ class ArchProfile:
     triage_cpus: tuple[CpuModel, ...] = ()
     triage_machines: tuple[str, ...] = ()
     triage_node_layouts: tuple[tuple[int, ...], ...] = ()
+    # Firmware for the image formats that need it (qemu.boot_profile); None: none does.
+    firmware: Firmware | None = None
+    # Whether a kernel QEMU boots without firmware (bios None) sees QEMU's NUMA nodes. False
+    # (LoongArch): it sees all the memory as one node, so such a boot is given one node of
+    # the same total (qemu.guest_node_layout), never a node 1 the kernel cannot see.
+    direct_boot_numa: bool = True
 
     @property
     def memory_mib(self) -> int:
