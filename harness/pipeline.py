@@ -297,6 +297,10 @@ def boot(
 
     backend: "qemu" (QEMU with the initramfs) or "vng" (virtme-ng on the host's userspace,
     vng.py): the same guest scripts, results channel and judging."""
+    arch_profile = profile
+    # KVM that stopped an earlier boot of this arch is not tried again (qemu.accel_now).
+    if env.accel != qemu.accel_now(profile, env.accel):
+        env = dataclasses.replace(env, accel=qemu.accel_now(profile, env.accel))
     # Through firmware or directly, as the image's format boots, with that boot's NUMA nodes.
     profile = qemu.boot_profile(profile, kernel.image)
     facts = kernel_facts(profile, kernel)
@@ -326,6 +330,15 @@ def boot(
         progress(f"{name}: booting with hugetlb_free_vmemmap={hvo} ({via})")
     outcome = guest.run(argv, console_log, timeout, stop=stop)
     console = _read_text(console_log)
+    stopped_by_kvm = qemu.kvm_boot_failure(console) if env.accel.used == "kvm" else None
+    if stopped_by_kvm is not None and not (stop and stop.is_set()):
+        # The probe let KVM through, and KVM then stopped the guest: an emulator failure, not
+        # the kernel's. Boot again under TCG (the reason goes into the run's accel) rather
+        # than call the kernel hung or failed.
+        if progress:
+            progress(f"{stem}: {stopped_by_kvm}: KVM cannot run this guest here; booting under TCG")
+        tcg = dataclasses.replace(env, accel=qemu.kvm_failed_in_boot(arch_profile, stopped_by_kvm))
+        return boot(arch_profile, kernel, tcg, hvo, out_dir, append, timeout, progress, stop, backend)
     report, channel = read_results(_read_text(files.results), console)
     log = read_kernel_log(_read_text(files.dmesg), console)
     kernel_log = out_dir / f"{stem}.kernel.log"

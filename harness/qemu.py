@@ -156,6 +156,33 @@ def choose_accel(profile: ArchProfile, want_kvm: bool = True) -> AccelChoice:
     return _kvm_cache[profile.name]
 
 
+# What QEMU prints when KVM stops a guest that the probe let through (the probe runs firmware
+# only: on some hosts the firmware runs under KVM and the kernel then stops at once).
+_KVM_BOOT_FAILURE_MARKERS = ("KVM internal error", "error: failed to set MSR", "kvm run failed")
+
+
+def kvm_boot_failure(console: str) -> str | None:
+    """The console line with which QEMU said KVM cannot run this guest, or None. Such a boot
+    says nothing about the kernel: it is the emulator's failure, never a kernel FAIL."""
+    marker = next((m for m in _KVM_BOOT_FAILURE_MARKERS if m in console), None)
+    return _first_line_with(console, marker) if marker else None
+
+
+def kvm_failed_in_boot(profile: ArchProfile, line: str) -> AccelChoice:
+    """TCG from now on in this process, with the reason, after KVM stopped a boot (line)."""
+    choice = AccelChoice("tcg", f"KVM stopped the guest while it booted ({line}); booted again under TCG")
+    _kvm_cache[profile.name] = choice
+    return choice
+
+
+def accel_now(profile: ArchProfile, accel: AccelChoice) -> AccelChoice:
+    """ACCEL, unless it is KVM and KVM has since stopped a boot of this arch (kvm_failed_in_boot)."""
+    known = _kvm_cache.get(profile.name)
+    if accel.used == "kvm" and known is not None and known.used != "kvm":
+        return known
+    return accel
+
+
 # Messages with which QEMU reports that KVM cannot run the guest on this host.
 _KVM_FAILURE_MARKERS = (
     "KVM internal error",

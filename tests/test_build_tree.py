@@ -208,31 +208,28 @@ def test_loongarch_4k_4level_gets_past_memmap_init_and_breaks_where_hvo_optimize
     debug_matrix: Results,
 ) -> None:
     """4K pages with 4-level page tables (CONFIG_4KB_4LEVEL) get past memmap_init_range, where 3
-    levels die (docs/findings.md #4). What shows next is where HVO optimizes a 2M page:
-    `page does not match folio` (dump_page of a page whose folio is garbage). With HVO on at
-    boot that is at once, and paging requests follow (in sched_tick, then in the exception
-    path) until the guest hangs; with HVO off at boot the boot-time pages and the first run-time
-    pass (sysctl 0) pass, and the pass with hugetlb_optimize_vmemmap=1 ends in
-    `kernel BUG at include/linux/page-flags.h:345` (VM_BUG_ON_PAGE(page->compound_info & 1))
-    in kmem_cache_free and a panic."""
+    levels die (docs/findings.md #4). What shows next is where HVO optimizes 2M pages:
+    `page does not match folio` (dump_page of a page whose folio is garbage), then the kernel
+    breaks. With HVO on at boot that is before init, and paging requests follow (in sched_tick,
+    then in the exception path) until the guest hangs. With HVO off at boot the boot-time pages
+    and the run-time pass with the sysctl off pass; the pass with hugetlb_optimize_vmemmap=1
+    fails and the kernel panics. Which report comes first varies from boot to boot (seen:
+    `kernel BUG at include/linux/page-flags.h:345` in kmem_cache_free; `kernel BUG at
+    include/linux/mm.h:1810` in ___free_pages with `Bad page map in process hvoh`)."""
     on, off = (next(r for r in unit_runs(debug_matrix, "loongarch64", "debug+4k4l") if r.hvo.requested == hvo)
                for hvo in ("on", "off"))
     for run in (on, off):
         console = Path(run.console_log).read_text(errors="replace")
         assert "Memory: " in console and "page does not match folio" in console, run.console_log
         assert not [f for f in run.findings if f.function == "memmap_init_range"]
-        assert run.verdict == "fail", run.verdict_reason
-    assert on.ended == "timeout", on.verdict_reason
-    kinds = [f.kind for f in on.findings]
-    assert kinds and set(kinds) == {"paging-request"}, [f.summary() for f in on.findings]
+        assert run.verdict == "fail" and run.findings, run.verdict_reason
+    assert on.ended in ("timeout", "panic"), on.verdict_reason
     assert all(s.status == "fail" and "never ran" in s.reason for s in on.scenarios)
     assert off.ended == "panic", off.verdict_reason
-    bugs = [(f.function, f.file, f.line) for f in off.findings if f.kind == "bug" and f.function]
-    assert bugs == [("kmem_cache_free", "include/linux/page-flags.h", 345)], \
-        [f.summary() for f in off.findings]
-    assert "VM_BUG_ON_PAGE(page->compound_info & 1)" in Path(off.console_log).read_text(errors="replace")
     passed = {(s.size, s.mode, s.hvo) for s in off.scenarios if s.status == "pass"}
     assert {("2M", "boot", "off"), ("2M", "runtime", "off")} <= passed, passed
+    optimized = [s for s in off.scenarios if (s.size, s.mode, s.hvo) == ("2M", "runtime", "on")]
+    assert optimized and all(s.status == "fail" for s in optimized), [s.reason for s in optimized]
     # LoongArch has no 1G pages at any page size: refused, a skip, never a FAIL of its own.
     assert all(s.status == "skip" or "never ran" in s.reason for s in off.scenarios if s.size == "1G")
 
