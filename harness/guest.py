@@ -26,6 +26,11 @@ INIT_DONE = b"hvo-init: done"
 # Lines after which the kernel is dead or about to be: end the guest (after the trace).
 PANIC = re.compile(rb"Kernel panic - not syncing|Attempted to kill init")
 PANIC_TRACE_END = re.compile(rb"---\[ end Kernel panic")
+# QEMU stopped the guest's vCPU (KVM could not run it): the guest never goes on; end it after
+# KVM_STOP_GRACE_SECONDS of the register dump that follows (pipeline.boot boots it again
+# under TCG).
+KVM_STOPPED = re.compile(rb"KVM internal error")
+KVM_STOP_GRACE_SECONDS = 1.0
 # How long to keep reading after a panic line, for the trace that follows it.
 PANIC_GRACE_SECONDS = 3.0
 # After the end-of-trace line, how long to wait for the rest of that line.
@@ -141,7 +146,8 @@ class _Console:
         """The first marker from pos on, acted upon; where to go on, or -1 for none left."""
         found = [
             (match, kind)
-            for pattern, kind in ((_INIT_STARTED, "start"), (_INIT_DONE, "done"), (PANIC, "panic"))
+            for pattern, kind in ((_INIT_STARTED, "start"), (_INIT_DONE, "done"), (PANIC, "panic"),
+                                  (KVM_STOPPED, "kvm"))
             if (match := _find(pattern, buf, pos, fresh)) is not None
         ]
         if not found:
@@ -150,6 +156,9 @@ class _Console:
         if kind == "start":
             if self.boot_seconds is None:
                 self.boot_seconds = now - self.start
+        elif kind == "kvm":
+            self.phase = "kvm-stopped"
+            self.phase_deadline = now + KVM_STOP_GRACE_SECONDS
         elif kind == "done":
             self.phase = "done"
             self.phase_deadline = now + POWEROFF_GRACE_SECONDS
@@ -276,6 +285,9 @@ def run(
         ended = "panic"
         line = console.panic_line.decode(errors="replace").strip()
         reason = f"guest panicked: {line}" if line else "guest panicked"
+    elif console.phase == "kvm-stopped" and ended is None:
+        ended = "kvm-stopped"
+        reason = "KVM stopped the guest (KVM internal error): the emulator's failure, not the kernel's"
     elif console.phase == "done" and ended is None:
         ended = "done"
         reason = reason or "guest finished its scenarios"

@@ -487,7 +487,7 @@ def _refusal(report: GuestScenario, label: str, hugetlb: dmesg.HugeTLBReport) ->
 
 
 # How QEMU ended, when the test bed rather than the kernel is to blame: never a kernel verdict.
-_TEST_BED_ENDS = ("interrupted", "signalled", "log-error")
+_TEST_BED_ENDS = ("interrupted", "signalled", "log-error", "kvm-stopped")
 
 
 def _verdict(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import pipeline
+from harness import guest, judge, pipeline, qemu
 from harness.profiles import get_profile
 
 pytestmark = pytest.mark.boot
@@ -60,3 +60,15 @@ def test_ctrl_c_leaves_no_qemu_and_keeps_the_logs(tmp_path: Path) -> None:
     assert not qemu_processes_mentioning(str(tmp_path))
     assert b"hvo-init: start" in console.read_bytes()
     assert (tmp_path / "results.json").exists()
+
+
+def test_a_guest_kvm_stopped_is_ended_at_once_as_the_emulators_failure(tmp_path: Path) -> None:
+    """QEMU pauses a vCPU KVM cannot run and waits for ever: the watcher ends it within a few
+    seconds (not at the timeout), as kvm-stopped, which the judge never calls the kernel's."""
+    script = "printf 'KVM internal error. Suberror: 1\\nextra data[0]: 0x1\\n'; sleep 120"
+    started = time.monotonic()
+    outcome = guest.run(["sh", "-c", script], tmp_path / "console.log", timeout=60)
+    assert outcome.ended == "kvm-stopped", outcome
+    assert time.monotonic() - started < 30
+    assert "kvm-stopped" in judge._TEST_BED_ENDS
+    assert qemu.kvm_boot_failure((tmp_path / "console.log").read_text()) == "KVM internal error. Suberror: 1"

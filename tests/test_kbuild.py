@@ -37,7 +37,8 @@ def test_unknown_variant_word_names_the_choices() -> None:
 
 
 def test_all_page_sizes_expands_per_arch() -> None:
-    assert kbuild.page_size_variants(get_profile("loongarch64"), "debug") == ["debug+16k", "debug+4k", "debug+4k4l"]
+    assert kbuild.page_size_variants(get_profile("loongarch64"), "debug") == [
+        "debug+16k", "debug+4k", "debug+4k4l"]
     assert kbuild.page_size_variants(get_profile("riscv64"), "debug+4k") == ["debug+4k"]
 
 
