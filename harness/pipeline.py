@@ -299,8 +299,13 @@ def boot(
     vng.py): the same guest scripts, results channel and judging."""
     arch_profile = profile
     # KVM that stopped an earlier boot of this arch is not tried again (qemu.accel_now).
-    if env.accel != qemu.accel_now(profile, env.accel):
-        env = dataclasses.replace(env, accel=qemu.accel_now(profile, env.accel))
+    # and KVM is used only once it has booted this kernel (qemu.confirm_kvm).
+    if backend == "qemu" and env.accel.used == "kvm":
+        confirmed = qemu.confirm_kvm(profile, kernel.image.path, env.accel)
+    else:
+        confirmed = qemu.accel_now(profile, env.accel)
+    if env.accel != confirmed:
+        env = dataclasses.replace(env, accel=confirmed)
     # Through firmware or directly, as the image's format boots, with that boot's NUMA nodes.
     profile = qemu.boot_profile(profile, kernel.image)
     facts = kernel_facts(profile, kernel)

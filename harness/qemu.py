@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -171,6 +172,43 @@ def kvm_boot_failure(console: str) -> str | None:
 def kvm_failed_in_boot(profile: ArchProfile, line: str) -> AccelChoice:
     """TCG from now on in this process, with the reason, after KVM stopped a boot (line)."""
     choice = AccelChoice("tcg", f"KVM stopped the guest while it booted ({line}); booted again under TCG")
+    _kvm_cache[profile.name] = choice
+    return choice
+
+
+# What a kernel booted without an initramfs prints once it got through its boot under KVM.
+_KERNEL_REACHED_ROOT = re.compile(r"VFS: Unable to mount root|Kernel panic - not syncing|Run /init")
+_KERNEL_PROBE_SECONDS = 20.0
+_kernel_probed: set[str] = set()
+
+
+def confirm_kvm(profile: ArchProfile, kernel: Path, accel: AccelChoice) -> AccelChoice:
+    """KVM only if it boots this kernel to its root mount, once per arch and process.
+
+    The firmware probe (_probe_kvm) is not enough: on some hosts the firmware runs under KVM
+    and a kernel then stops at once ("KVM internal error") or hangs without a console line."""
+    accel = accel_now(profile, accel)
+    if accel.used != "kvm" or profile.name in _kernel_probed:
+        return accel
+    argv = [
+        qemu_path(profile), "-machine", f"{profile.machine},accel=kvm", "-cpu", "host",
+        "-m", "512M", "-kernel", str(kernel), "-append", kernel_cmdline(profile),
+        "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot",
+    ]
+    text = ""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=_KERNEL_PROBE_SECONDS)
+        text = (proc.stdout or "") + (proc.stderr or "")
+    except subprocess.TimeoutExpired as expired:
+        text = _as_text(expired.stdout) + _as_text(expired.stderr)
+    _kernel_probed.add(profile.name)
+    if _KERNEL_REACHED_ROOT.search(text) and kvm_boot_failure(text) is None:
+        return accel
+    line = kvm_boot_failure(text) or (
+        f"no root-mount line within {_KERNEL_PROBE_SECONDS:.0f} s"
+        if text.strip() else f"no console output within {_KERNEL_PROBE_SECONDS:.0f} s")
+    choice = AccelChoice("tcg", f"KVM probe with the kernel under test: {line}")
     _kvm_cache[profile.name] = choice
     return choice
 

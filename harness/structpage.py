@@ -170,6 +170,10 @@ def parse_pahole(text: str, name: str = "page") -> tuple[int, tuple[Member, ...]
                                 else member_name)
             continue
         found = _OFFSET_SIZE.search(stripped)
+        if found is None and stripped.startswith("}"):
+            # pahole 1.24 on clang's DWARF prints an anonymous union a second time, with offsets
+            # from 0 and no offset/size of its own (LoongArch tree builds): not a member.
+            continue
         if found is None:
             raise ValueError(f"pahole gave no offset and size for {member_name!r}: {stripped!r}")
         members.append(Member(member_name, int(found.group(1)), int(found.group(2))))
@@ -221,12 +225,12 @@ def carve_btf(data: bytes) -> bytes | None:
 def _beside_vmlinux(image: KernelImage) -> Path | None:
     """A vmlinux in the build directory the image came from (O=: arch/<arch>/boot/<image>),
     or the image itself when it is an ELF vmlinux."""
-    if image.format == "elf":
-        return image.original
+    # The O= directory's vmlinux first: an ELF image such as loongarch's vmlinux.elf is a
+    # stripped copy (strip -s), without the DWARF.
     for parent in list(image.original.resolve().parents)[:5]:
         if (parent / "vmlinux").is_file() and (parent / ".config").is_file():
             return parent / "vmlinux"
-    return None
+    return image.original if image.format == "elf" else None
 
 
 @contextlib.contextmanager

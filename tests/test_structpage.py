@@ -262,3 +262,12 @@ def test_a_tree_builds_struct_page_from_its_vmlinux_dwarf() -> None:
     page = StructPage.from_json(kernel.info.struct_page)
     assert page.size == 64, page.why
     assert page.origin.startswith("DWARF of ") and page.origin.endswith("/build/vmlinux")
+
+
+def test_clang_dwarf_with_anonymous_unions_printed_twice() -> None:
+    """pahole 1.24 on the clang-built loongarch64 tree kernel's DWARF prints each anonymous union
+    twice, the copy without an offset/size: the members are the four of the first print."""
+    text = (DATA / "pahole-struct-page-loongarch64-7.2.13-debug16k-clang-dwarf.txt").read_text()
+    size, members = structpage.parse_pahole(text)
+    assert size == 64
+    assert [m.offset for m in members] == [0, 8, 48, 52]
