@@ -177,7 +177,7 @@ class HvoItem(pytest.Item):
 
     def runtest(self) -> None:
         try:
-            run = BOOTS.get(self.key)
+            run = boots_of(self.config).get(self.key)
         except HarnessError as error:
             raise ScenarioFailed(f"set-up error: {error}") from None
         self.user_properties.append(("console_log", run.console_log))
@@ -235,7 +235,14 @@ class HvoBootCollector(pytest.Collector):
             yield HvoItem.from_parent(self, name=name, key=self.key, scenario=name)
 
 
-BOOTS: Boots
+# Per config, not a module global: an in-process pytester session (tests/test_judge.py) configures
+# the plugin again, and a global would leave the outer session with the inner one's Boots, whose
+# config has been torn down (no _tmp_path_factory).
+BOOTS_KEY = pytest.StashKey["Boots"]()
+
+
+def boots_of(config: pytest.Config) -> Boots:
+    return config.stash[BOOTS_KEY]
 
 
 def _page_size(profile: ArchProfile, spec: KernelSpec, boots: Boots) -> int | None:
@@ -282,8 +289,8 @@ def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
         boots = []
         for profile in profiles:
             for spec in specs:
-                page_size = _page_size(profile, spec, BOOTS)
-                planned = _booted_profile(profile, spec, BOOTS)
+                page_size = _page_size(profile, spec, boots_of(config))
+                planned = _booted_profile(profile, spec, boots_of(config))
                 for hvo in settings:
                     names = [] if page_size is None else make_plan(planned, page_size, hvo).scenario_names()
                     boots.append((BootKey(profile.name, spec, hvo), names))
@@ -293,8 +300,6 @@ def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global BOOTS
-
     def out_dir() -> Path:
         given = config.getoption("--hvo-out")
         if given:
@@ -302,7 +307,7 @@ def pytest_configure(config: pytest.Config) -> None:
         factory = config._tmp_path_factory  # type: ignore[attr-defined]
         return factory.getbasetemp() / "hvo"
 
-    BOOTS = Boots(out_dir)
+    config.stash[BOOTS_KEY] = Boots(out_dir)
     # The items of one boot must stay on one worker, or each worker would boot it again.
     # loadscope groups items by their nodeid up to the last "::", which for ours is the boot
     # (hvo/<arch>-<kernel>-hvo-<setting>). Not loadgroup: it marks groups by rewriting nodeids,
@@ -331,12 +336,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 @pytest.fixture(scope="session")
-def hvo_boot() -> Callable[..., Run]:
+def hvo_boot(pytestconfig: pytest.Config) -> Callable[..., Run]:
     """Boot (once per session and process) and return the judged Run:
     hvo_boot("x86_64", "on"), hvo_boot("riscv64", "on", tree="debian", variant="debug")."""
 
     def boot(arch: str, hvo: str, kernel: str = "debian", tree: str | None = None,
              variant: str | None = None) -> Run:
-        return BOOTS.get(BootKey(arch, KernelSpec(kernel, tree, variant), hvo))
+        return boots_of(pytestconfig).get(BootKey(arch, KernelSpec(kernel, tree, variant), hvo))
 
     return boot

@@ -91,8 +91,11 @@ def kernel_from_bundle(bundle: bundles.Bundle, profile: ArchProfile) -> pipeline
     """The bundle's kernel as the pipeline takes it: its file, config and recorded info."""
     recorded = bundle.spec["kernel"]
     image = images.prepare(bundle.kernel, profile)
+    # struct page as measured for the original boot: the same image (its sha256 is checked on
+    # load), and its vmlinux or -dbg package may not be at hand where the bundle is rerun.
     info = KernelInfo(str(bundle.kernel), recorded.get("release"), recorded["sha256"],
-                      {**recorded["source"], "bundle": str(bundle.path)}, recorded.get("label"))
+                      {**recorded["source"], "bundle": str(bundle.path)}, recorded.get("label"),
+                      recorded.get("struct_page"))
     config = kconfig.read(bundle.config) if bundle.config else None
     # The same variant and file label: the rerun's files are named as the original's.
     return pipeline.PreparedKernel(image, info, config, bundle.spec.get("variant"),

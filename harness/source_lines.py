@@ -164,6 +164,10 @@ def build_source(kernel_source: dict[str, Any]) -> Source:
     tree = Path(str(kernel_source.get("tree") or ""))
     commit = kernel_source.get("commit")
     describe = kernel_source.get("describe") or commit
+    repository = kernel_source.get("repository")
+    if not tree.is_dir() and commit and repository and Path(repository).is_dir():
+        # A worktree that is gone (bisect's, a series'): its commit is in the repository it shared.
+        tree = Path(repository)
     if not tree.is_dir():
         return NotAtHand(f"the tree {tree} that was built is gone")
     if commit and (not kernel_source.get("dirty") or kernel_source.get("patches")):

@@ -45,12 +45,15 @@ class TreeState:
     digest: str
     # The series applied on top (name and sha256), when --patches was given.
     patches: tuple[dict[str, str], ...] = ()
+    # The repository that holds COMMIT (git's common dir): a worktree's (bisect's, a series')
+    # commits stay readable there after the worktree is removed. Not part of the digest.
+    repository: str | None = None
 
     def as_source(self) -> dict[str, object]:
         return {
             "tree": self.path, "tree_kind": self.kind, "version": self.version, "commit": self.commit,
             "describe": self.describe, "dirty": self.dirty, "tree_state": self.digest,
-            "patches": list(self.patches),
+            "patches": list(self.patches), "repository": self.repository,
         }
 
 
@@ -120,7 +123,9 @@ def state(tree: Path) -> TreeState:
         # Uncommitted edits are built too, so they are part of the state.
         digest.update(_git(tree, "diff", "HEAD", "--binary").encode())
         digest.update(status.encode())
-    return TreeState(str(tree), "git", version, commit, describe, dirty, digest.hexdigest())
+    repository = _git(tree, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False).strip()
+    return TreeState(str(tree), "git", version, commit, describe, dirty, digest.hexdigest(),
+                     repository=repository or None)
 
 
 def ensure_git(tree: Path) -> None:
@@ -180,7 +185,7 @@ def resolve(tree: Path, patches: Path | None = None) -> Source:
         digest.update(f"{entry['name']}\0{entry['sha256']}\n".encode())
     # Patches go on HEAD in a worktree: uncommitted edits of the tree are not part of the build.
     patched = TreeState(str(tree), "git", base.version, base.commit, base.describe, False,
-                        digest.hexdigest(), series)
+                        digest.hexdigest(), series, base.repository)
     return Source(tree, tuple(files), patched)
 
 

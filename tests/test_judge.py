@@ -126,7 +126,7 @@ from harness import pytest_plugin
 
 def pytest_collection_finish(session):
     key = pytest_plugin.BootKey("riscv64", pytest_plugin.KernelSpec(), "on")
-    pytest_plugin.BOOTS._runs[key] = pickle.loads({__import__("pickle").dumps(run)!r})
+    pytest_plugin.boots_of(session.config)._runs[key] = pickle.loads({__import__("pickle").dumps(run)!r})
 """)
     result = pytester.runpytest("--hvo-arch", "riscv64", "--hvo-setting", "on", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, passed=sum(s.status == "pass" for s in hung.scenarios),

@@ -8,6 +8,7 @@ the cost at three boots); verdicts are recorded as the kernels give them, not re
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -62,13 +63,21 @@ def test_release_matrix_logs_do_not_overwrite_each_other(release_matrix: tuple[P
         assert (out / path.name.replace(".console.log", ".qemu.sh")).is_file()
 
 
-def test_run_table_names_each_rows_release(release_matrix: tuple[Path, str]) -> None:
+def test_run_table_names_each_boots_release(release_matrix: tuple[Path, str]) -> None:
+    """Each boot's block is headed by its release, and its facts line names the release and
+    the Debian version, before the boot's scenario rows (one line each)."""
     out, stdout = release_matrix
     results = load(out / "results.json")
-    rows = [line for line in stdout.splitlines() if "x86_64" in line and "/boot/node0/" in line]
+    lines = stdout.splitlines()
     for run in results.runs:
-        assert any(f"{run.kernel.label} {run.kernel.source['version']}" in row for row in rows), rows
-    summaries = [line for line in stdout.splitlines() if line.startswith("x86_64 ")]
+        label = run.kernel.label
+        head = next(i for i, line in enumerate(lines) if line.startswith(f"x86_64 {label} hvo=on: "))
+        facts = next(line for line in lines[head:] if line.startswith("  kernel "))  # the header may wrap
+        assert facts.startswith(f"  kernel {label} {run.kernel.source['version']} ("), lines[head:head + 4]
+        rows = [line for line in lines[head:] if "/boot/node0/" in line]
+        assert rows and all(len(line) <= report.PIPE_WIDTH for line in rows), rows
+    # The closing lines, one per boot: the verdict in lower case (a block's header has it upper).
+    summaries = [line for line in lines if re.match(r"x86_64 \S+ hvo=on: (pass|fail|error|skip) ", line)]
     assert [line.split(":")[0] for line in summaries] == [f"x86_64 {r} hvo=on" for r in RELEASES]
 
 

@@ -104,6 +104,11 @@ def test_hvo_harness_repro_reproduces_it(failing_boot: tuple[Path, Run], tmp_pat
     assert "new findings: none" in proc.stdout and "gone findings: none" in proc.stdout
     rerun = load(tmp_path / "rerun" / "results.json").runs[0]
     assert rerun.verdict == "fail" and rerun.kernel.sha256 == run.kernel.sha256
+    # The struct page measured for the original: the oracle's expectations are the same.
+    assert run.kernel.struct_page and run.kernel.struct_page.get("size")
+    assert rerun.kernel.struct_page == run.kernel.struct_page
+    assert [(s.name, s.vmemmap.expected_kib_per_page) for s in rerun.scenarios] == \
+        [(s.name, s.vmemmap.expected_kib_per_page) for s in run.scenarios]
 
 
 @pytest.mark.boot

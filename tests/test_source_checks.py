@@ -196,3 +196,33 @@ def test_a_debian_version_no_suite_has_is_not_at_hand(tmp_path: Path) -> None:
     assert finding["source"]["status"] == "not at hand" and finding["check"] is None
     assert "linux-source-7.2 7.2.12-1" in finding["source"]["why"]
     assert finding["trace"]["status"] == "not decoded"
+
+
+def test_a_removed_worktrees_commit_is_read_from_its_repository(tmp_path: Path) -> None:
+    """Bisect builds each commit in a worktree it removes at the end; a reproducer of its bad
+    commit reads that commit's source from the repository the worktree shared (the named check
+    of the original must be the rerun's, or `repro` calls the same finding a different one)."""
+    repo, worktree = tmp_path / "linux", tmp_path / "bisect-worktree"
+    (repo / "mm").mkdir(parents=True)
+    (repo / "mm" / "sparse.c").write_text("".join(f"/* line {n} */\n" for n in range(1, 362)) + (
+        "void __init sparse_init(void)\n{\n"
+        "\tif (compound_info_has_mask()) {\n"
+        "\t\tVM_WARN_ON_ONCE(!IS_ALIGNED((unsigned long) pfn_to_page(0),\n"
+        "\t\t\t\t    MAX_FOLIO_VMEMMAP_ALIGN));\n\t}\n}\n"))
+    (repo / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 2\nSUBLEVEL = 13\nEXTRAVERSION =\n")
+    for marker in ("Kconfig", "scripts/kconfig/merge_config.sh", "mm/hugetlb.c"):
+        (repo / marker).parent.mkdir(parents=True, exist_ok=True)
+        (repo / marker).write_text("")
+    for args in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c0"],
+                 ["worktree", "add", "-q", "--detach", str(worktree), "HEAD"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    from harness import trees
+    built = {"type": "tree", **trees.state(worktree).as_source()}
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], check=True)
+    assert not worktree.exists()
+    source = source_lines.build_source(built)
+    assert isinstance(source, source_lines.SourceTree), source
+    [finding] = checks.assign_all(source_lines.resolve_all(
+        dmesg.parse(sparse_warn(TREE_BANNER, 365)).findings, source))
+    assert finding.check == checks.SPARSE_INIT_CHECK, finding.source
