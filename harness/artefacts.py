@@ -1103,9 +1103,11 @@ def _fetch_source(apt: _Apt) -> Path:
         "resolved": _now(),
     }
     _update_manifest(_source_manifest_path(), "source", entry)
-    # An older tree is no longer named by the manifest: reclaim its space.
+    # An older tree stays: the results and reproducers of kernels built from it read their
+    # statements there (source_lines.build_source), and sid no longer has its version to fetch.
     if current is not None and current != final and current.parent == src:
-        shutil.rmtree(current, ignore_errors=True)
+        apt.progress(f"source: {current} ({current.name}) is kept for the results built from it; "
+                     "remove it when they are not needed")
     return final
 
 

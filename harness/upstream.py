@@ -518,10 +518,10 @@ def _trace(finding: Finding) -> list[str]:
     trace = finding.trace
     if not trace:
         return _para("not decoded: the results predate trace decoding; the kernel's "
-                     "scripts/faddr2line with this kernel's vmlinux (debug info) gives it")
+                     "scripts/decode_stacktrace.sh with this kernel's vmlinux (debug info) gives it")
     if trace.get("status") != "decoded":
         return _para(f"not decoded: {trace.get('why', '')}")
-    lines = _para(f"Decoded with the kernel's scripts/faddr2line against {trace.get('vmlinux')} "
+    lines = _para(f"Decoded with the kernel's scripts/decode_stacktrace.sh against {trace.get('vmlinux')} "
                   f"({trace.get('origin')}):", "", "  ")
     for line in str(trace.get("text", "")).splitlines():
         lines += _fold(line)
