@@ -554,22 +554,27 @@ def _upstream_report(args: argparse.Namespace) -> int:
     run = upstream.select_run(results, args.boot)
     bisect = upstream.find_bisect(args.results, run, args.bisect) if args.bisect else None
     text = upstream.render(results, run, args.results, bisect)
-    if args.out is None:
-        sys.stdout.write(text)
-        return EXIT_PASS
-    if args.out.is_dir():
+    if args.out is not None and args.out.is_dir():
         raise HarnessError(f"--out {args.out} is a directory: with --upstream give the file to write")
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    except OSError as error:
-        raise _unwritable(args.out, error) from None
-    print(args.out)
-    return EXIT_PASS
+    return _write_text(text, args.out)
 
 
 def _unwritable(target: Path, error: OSError) -> HarnessError:
     return HarnessError(f"cannot write {target}: {error.strerror or error}: give a writable path")
+
+
+def _write_text(text: str, out: Path | None) -> int:
+    """TEXT to OUT (its directory made), its path printed; to standard output without OUT."""
+    if out is None:
+        sys.stdout.write(text)
+        return EXIT_PASS
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as error:
+        raise _unwritable(out, error) from None
+    print(out)
+    return EXIT_PASS
 
 
 # --- ci: a nightly CI workflow (harness/ci.py) -------------------------------------------------
@@ -590,16 +595,7 @@ def _ci(args: argparse.Namespace) -> int:
 
     variants = [v.strip() for v in (args.variant or "").split(",") if v.strip()]
     text = ci.generate(args.provider, args.arch, variants, args.page_sizes == "all")
-    if args.out is None:
-        sys.stdout.write(text)
-        return EXIT_PASS
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    except OSError as error:
-        raise _unwritable(args.out, error) from None
-    print(args.out)
-    return EXIT_PASS
+    return _write_text(text, args.out)
 
 
 
