@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=vng.BACKENDS, default="qemu",
                      help="qemu (default): QEMU with the harness's initramfs; vng: virtme-ng on "
                           "this host's userspace (x86_64, --tree --variant ...+vng)")
+    run.add_argument("--target", metavar="ssh://USER@HOST[:PORT]",
+                     help="run the scenarios on a running machine over SSH (as root) instead of "
+                          "booting QEMU: its own kernel, its arch, its boot-time pages")
+    run.add_argument("--identity", type=Path, metavar="KEY",
+                     help="--target: the private key to log in with (default: the agent, ~/.ssh)")
+    run.add_argument("--known-hosts", type=Path, metavar="FILE",
+                     help="--target: the known_hosts file to check the host key against "
+                          "(default ~/.ssh/known_hosts); an unknown or changed key is refused")
     _tree_arguments(run, tree_required=False)
 
     build = commands.add_parser("build", help="build kernels from a tree (cached), without booting")
@@ -172,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.target is not None:
+        return _run_target(args)
+    if args.identity is not None or args.known_hosts is not None:
+        raise HarnessError("--identity and --known-hosts are for --target ssh://USER@HOST: give "
+                           "--target too, or omit them")
     # Every check that needs no download, build or boot comes first, the arguments' own, then
     # the paths: a typo costs well under a second, never a download, and nothing is written.
     profiles = parse_arch_list(args.arch)
@@ -226,6 +239,65 @@ def _run(args: argparse.Namespace) -> int:
             raise
     saver.finished(results)
     report.print_results(results)
+    _err.print(f"results: {', '.join(str(p) for p, _ in saver.paths)}; logs: {out_dir}/")
+    return exit_code(results)
+
+
+# `run` options that choose what QEMU boots: an SSH target runs its own kernel, as it is.
+_BOOT_ONLY_OPTIONS = (("kernel", None), ("config", None), ("append", ""), ("node_mem", None),
+                      ("tree", None), ("backend", "qemu"), ("arch", "all"), ("hvo", "on,off"),
+                      ("accel", "auto"))
+
+
+def _run_target(args: argparse.Namespace) -> int:
+    """`run --target ssh://USER@HOST[:PORT]`: the scenarios on a running machine, judged and
+    saved as a boot's (harness/targets/ssh.py)."""
+    from harness.targets import ssh
+
+    address = ssh.parse_address(args.target)
+    for option, default in _BOOT_ONLY_OPTIONS:
+        if getattr(args, option) != default:
+            flag = "--" + option.replace("_", "-")
+            raise HarnessError(f"{flag} chooses what QEMU boots; --target {args.target} runs the "
+                               f"target's own kernel as it is (its arch, command line and HVO "
+                               f"setting): omit {flag}")
+    _check_timeout(args.timeout)
+    for path, option in ((args.identity, "--identity"), (args.known_hosts, "--known-hosts")):
+        if path is not None and not path.is_file():
+            raise HarnessError(f"{option} {path}: no such file")
+    out_dir: Path = args.out
+    if args.json:
+        _check_output_file(args.json, "--json", probe=False)
+    _check_out_dir(out_dir)
+    if args.json:
+        _check_output_file(args.json, "--json")
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    _keep_previous_run(out_dir, progress)
+    stop = threading.Event()
+    saver = _Saver([(out_dir / "results.json", "--out"), *([(args.json, "--json")] if args.json else [])],
+                   stop, 1)
+    results = pipeline.new_results()
+    with _sigterm_as_interrupt():
+        try:
+            ssh.run_ssh(address, args.identity, args.known_hosts, out_dir, saver.on_run, progress, stop,
+                        args.timeout, results)
+        except KeyboardInterrupt as interrupt:
+            stop.set()
+            name = "SIGTERM" if isinstance(interrupt, _Terminated) else "SIGINT"
+            saver.interrupted(name)
+            _err.print(f"hvo-harness: interrupted by {name}; results so far in {saver.paths[0][0]}, "
+                       f"logs in {out_dir}", markup=False, highlight=False)
+            return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
+        except HarnessError as error:
+            saver.stopped(error)
+            raise
+    saver.finished(results)
+    report.print_results(results)
+    for run in results.runs:
+        target = run.target or {}
+        if target.get("not_restored"):
+            _err.print(f"hvo-harness: NOT RESTORED on {target.get('address')}: "
+                       + "; ".join(target["not_restored"][:5]), markup=False, highlight=False)
     _err.print(f"results: {', '.join(str(p) for p, _ in saver.paths)}; logs: {out_dir}/")
     return exit_code(results)
 
@@ -503,6 +575,25 @@ def _results_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     kcidb.add_argument("--origin",
                        help="KCIDB origin: the submitting CI system's name, prefix of every ID "
                             "(default hvo_harness)")
+    lava = formats.add_parser("lava", help="LAVA job definitions (qemu device type, and a board template), "
+                                           "validated with LAVA's own schema")
+    lava.add_argument("results", type=Path, nargs="?",
+                      help="a results JSON (hvo-harness/1): a job per booted run; or give --arch")
+    lava.add_argument("--arch", help="x86_64,riscv64,... or all: a job per arch and --hvo setting, as "
+                                     "`run` would boot them")
+    lava.add_argument("--kernel", default="debian:sid", metavar="SPEC|PATH",
+                      help="with --arch: one kernel, as for run --kernel (default debian:sid)")
+    lava.add_argument("--config", type=Path, help="with --arch and a --kernel PATH: its .config")
+    lava.add_argument("--hvo", default="on,off", help="with --arch: hugetlb_free_vmemmap settings (on,off)")
+    lava.add_argument("--append", default="", help="with --arch: extra kernel command-line arguments")
+    lava.add_argument("--out", type=Path, default=Path("lava-jobs"),
+                      help="directory for the jobs, boards/ and devices/ (default ./lava-jobs)")
+    lava.add_argument("--artefacts-url", metavar="URL",
+                      help="copy kernels, ramdisks and firmware into OUT/artefacts and point the jobs at "
+                           "URL/<file> (default: file:// paths on this machine)")
+    lava.add_argument("--run", action="store_true",
+                      help="run the first QEMU job through lava-run here and judge it "
+                           "(OUT/lava-run/<boot>/results.json); exit 1 when it fails")
 
     compare = commands.add_parser("compare", help="list regressions from a base results file to a new one; "
                                                   "exit 1 when there is any")
@@ -529,6 +620,8 @@ def _results_command(args: argparse.Namespace) -> int:
             raise _unwritable(out_dir, error) from None
         print(f"{markdown_path}\n{html_path}")
         return EXIT_PASS
+    if args.command == "export" and args.format == "lava":
+        return _export_lava(args)
     if args.command == "export":
         origin = kcidb_export.check_origin(args.origin or kcidb_export.DEFAULT_ORIGIN)
         text = json.dumps(kcidb_export.export(load(args.results), origin), indent=2) + "\n"
@@ -544,6 +637,36 @@ def _results_command(args: argparse.Namespace) -> int:
     comparison = compare.compare(load(args.base), load(args.new), base_label, new_label)
     print(compare.format_comparison(comparison, base_label, new_label))
     return EXIT_FAIL if comparison.regressions else EXIT_PASS
+
+
+def _export_lava(args: argparse.Namespace) -> int:
+    from harness import lava
+
+    if args.results is not None and args.arch is not None:
+        raise HarnessError("export lava takes a results file or --arch, not both: give one")
+    if args.results is not None:
+        for flag, value, default in (("--kernel", args.kernel, "debian:sid"), ("--config", args.config, None),
+                                     ("--hvo", args.hvo, "on,off"), ("--append", args.append, "")):
+            if value != default:
+                raise HarnessError(f"{flag} is for export lava --arch: a results file's jobs boot what its "
+                                   f"runs booted: omit {flag}")
+    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
+    request = lava.ExportRequest(
+        results=args.results, arches=args.arch, kernel=args.kernel, config=args.config,
+        hvo_settings=pipeline.parse_hvo_settings(args.hvo, "--hvo"), append=args.append, out=args.out,
+        artefacts_url=args.artefacts_url, run=args.run,
+    )
+    outcome = lava.export(request, progress)
+    for line in outcome.skipped:
+        print(line)
+    for path in outcome.written:
+        print(path)
+    if outcome.run is None:
+        return EXIT_PASS
+    run = outcome.run
+    print(f"{outcome.results_path}\n{run.arch} hvo={run.hvo.requested} through lava-run: "
+          f"{run.verdict} ({run.verdict_reason})")
+    return EXIT_FAIL if run.verdict in ("fail", "error") else EXIT_PASS
 
 
 def _upstream_report(args: argparse.Namespace) -> int:

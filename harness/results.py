@@ -190,6 +190,10 @@ class Run:
     repro: str | None = None
     # `hvo-harness triage` of this boot (harness/triage.py): its variations and conclusion.
     triage: dict[str, Any] | None = None
+    # Which target ran the plan when it was not the harness's own QEMU (harness/targets/):
+    # {"type": "ssh", "address": "ssh://root@host:22", "host_key": ..., "restored": bool,
+    # "changed": [...], "not_restored": [...], ...}; None for QEMU and vng boots.
+    target: dict[str, Any] | None = None
 
 
 def run_unit(run: Run) -> str:

@@ -18,6 +18,11 @@ BACKPORTS_LINE="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] h
 BASE_PACKAGES=(git make python3 python3-venv zstd xz-utils cpio rsync ccache flex bison bc
   libelf-dev libssl-dev gcc gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu dwarves
   debian-archive-keyring ca-certificates file)
+# `export lava` (harness/lava.py): LAVA's job and device schemas (lava-common, with PyYAML) in
+# Debian's python3, which the harness runs as /usr/bin/python3 (the venv does not see them), and
+# lava-dispatcher's `lava-run` for `export lava --run` and the dispatcher test. lava-dispatcher
+# enables a lava-worker service, which the harness does not use (it needs a lava-server).
+BASE_PACKAGES+=(lava-common lava-dispatcher python3-yaml)
 # Packages from bookworm-backports.
 BACKPORTS_PACKAGES=(qemu-system-x86 qemu-system-misc clang-19 lld-19 llvm-19)
 

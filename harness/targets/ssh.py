@@ -1,0 +1,842 @@
+"""The SSH target: run the plan's scenarios on a machine that is already running, over SSH.
+
+`hvo-harness run --target ssh://root@host[:port] [--identity KEY] [--known-hosts FILE]`.
+
+- Connects with paramiko, with strict host-key checking against the user's known_hosts (or
+  --known-hosts FILE): an unknown or changed key is one error line, never accepted. Key
+  authentication only (--identity KEY, else the agent and ~/.ssh's default keys).
+- Needs root on the target (it writes /sys and /proc/sys): one line says so when it is not.
+- Detects the arch (`uname -m`) and copies the guest helper built for it (harness/guest_helper.py),
+  a static busybox for it, scenarios.sh and a small driver into a fresh directory there.
+- The running kernel is not rebooted: its boot-time pages are the ones its own /proc/cmdline
+  asked for (hugepagesz=/hugepages=); a size it asked for none of is a skip naming the reboot it
+  would take. Its hugetlb_free_vmemmap= is the run's HVO setting. The run-time scenarios are
+  the same as in QEMU: scenarios.sh runs unchanged, in a mount namespace where /proc/cmdline is
+  the target's own command line plus the plan's hvo.* words.
+- The kernel log is the run's only: the driver writes a start record to /dev/kmsg and keeps
+  only the records from its sequence number on (and the host drops any before it again).
+- Every huge page setting (nr_hugepages per size per node) and hugetlb_optimize_vmemmap are
+  saved before the run (on the target and in <out>/<stem>.ssh-state.json) and written back
+  after it, also after Ctrl-C, SIGTERM or an error, and after a dropped connection once it is
+  made again; each is read back, and what does not read as it did is listed in the results
+  (Run.target.not_restored), as is a target that could not be reached again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import re
+import secrets
+import shlex
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from harness import artefacts, guest_helper, judge, kconfig, kmsg, structpage
+from harness.errors import HarnessError
+from harness.guest import GuestOutcome
+from harness.initramfs import GUEST_SCRIPTS
+from harness.plan import Plan, make_plan
+from harness.profiles import ARCH_NAMES, ArchProfile, get_profile, size_label
+from harness.results import Accel, KernelInfo, Results, Run
+from harness.targets import TargetFacts, TargetOutput, judged_run
+
+Progress = Callable[[str], None]
+DEFAULT_PORT = 22
+CONNECT_TIMEOUT = 20.0
+# After a dropped connection: how long to keep trying to reach the target again, to restore.
+RECONNECT_SECONDS = 60.0
+# How often the run loop looks at the stop event and the clock.
+POLL_SECONDS = 0.5
+_ADDRESS = re.compile(r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@/:\s\[\]]+)"
+                      r"(?::(?P<port>\d{1,5}))?/?$")
+_SIZE = re.compile(r"^(?P<number>\d+)(?P<unit>[KkMmGg]?)$")
+_UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# `uname -m` -> the harness's arch profile.
+_MACHINES = {"x86_64": "x86_64", "riscv64": "riscv64", "loongarch64": "loongarch64"}
+SETTINGS_GLOB = "/sys/devices/system/node/node*/hugepages/hugepages-*/nr_hugepages"
+SYSCTL = "/proc/sys/vm/hugetlb_optimize_vmemmap"
+
+
+@dataclass(frozen=True)
+class SshAddress:
+    user: str
+    host: str
+    port: int
+
+    @property
+    def text(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How known_hosts names the host: 'host', or '[host]:port' off port 22."""
+        host = self.host.strip("[]")
+        return host if self.port == DEFAULT_PORT else f"[{host}]:{self.port}"
+
+
+def parse_address(text: str, default_user: str = "root") -> SshAddress:
+    """'ssh://user@host[:port]' (the user defaults to root, the port to 22)."""
+    match = _ADDRESS.match(text.strip())
+    if match is None:
+        raise HarnessError(f"--target {text!r}: give ssh://user@host or ssh://user@host:port "
+                           "(e.g. ssh://root@192.0.2.7:2222)")
+    port = int(match["port"]) if match["port"] else DEFAULT_PORT
+    if not 0 < port < 65536:
+        raise HarnessError(f"--target {text!r}: port {port} is not a TCP port (1-65535)")
+    return SshAddress(match["user"] or default_user, match["host"], port)
+
+
+def _parse_size(text: str) -> int | None:
+    match = _SIZE.match(text)
+    return int(match["number"]) * _UNIT[match["unit"].lower()] if match else None
+
+
+def boot_pages_from_cmdline(cmdline: str, nodes: int, default_size: int) -> dict[int, int]:
+    """Huge pages per node that the command line asked for at boot, per size (bytes), as the
+    kernel reads hugepagesz=, hugepages= and default_hugepagesz= (mm/hugetlb.c): hugepages=
+    counts for the hugepagesz= before it, else for the default size. 'N' is spread over the
+    nodes (the kernel allocates round-robin: the smaller share is what every node must have),
+    'node:N,node:N' is per node (a node not named gets none); the smallest node's count is the
+    one asked of every node."""
+    default = default_size
+    current: int | None = None
+    asked: dict[int, dict[int, int]] = {}
+    for word in cmdline.split():
+        key, _, value = word.partition("=")
+        if key == "default_hugepagesz":
+            default = _parse_size(value) or default
+        elif key == "hugepagesz":
+            current = _parse_size(value)
+        elif key == "hugepages":
+            size = current if current is not None else default
+            per_node: dict[int, int] = {}
+            if ":" in value:
+                for item in value.split(","):
+                    node, _, count = item.partition(":")
+                    if node.isdigit() and count.isdigit():
+                        per_node[int(node)] = int(count)
+            elif value.isdigit():
+                total = int(value)
+                per_node = {node: total // max(nodes, 1) for node in range(nodes)}
+            asked[size] = per_node
+    return {size: min(per_node.get(node, 0) for node in range(nodes)) for size, per_node in asked.items()}
+
+
+def hvo_from_cmdline(cmdline: str, sysctl: str | None) -> str:
+    """The running kernel's hugetlb_free_vmemmap setting: its command line's (the last word
+    wins, as in the kernel), else what the sysctl read before the run (the kernel's default
+    then, unless someone wrote it since), else off (no HVO built in)."""
+    value = None
+    for word in cmdline.split():
+        if word.startswith("hugetlb_free_vmemmap="):
+            value = word.split("=", 1)[1]
+    if value is not None:
+        return "on" if value in ("on", "1", "y", "yes", "true") else "off"
+    return "on" if sysctl == "1" else "off"
+
+
+def plan_cmdline(target_cmdline: str, plan: Plan) -> str:
+    """What scenarios.sh reads as /proc/cmdline on the target: its own words (without hvo.*,
+    the plan's) and the plan's hvo.* words."""
+    own = [w for w in target_cmdline.split() if not w.startswith("hvo.")]
+    return " ".join([*own, *[w for w in plan.kernel_args() if w.startswith("hvo.")]])
+
+
+def reboot_skip_reason(label: str, cmdline_has: dict[int, int]) -> str:
+    asked = ", ".join(f"{size_label(s)}: {n} per node" for s, n in sorted(cmdline_has.items()) if n) or "none"
+    return (f"no boot-time {label} pages on the target's kernel command line (boot-time pages it "
+            f"asked for: {asked}): testing them needs a reboot with hugepagesz={label} hugepages=N, "
+            "and the SSH target does not reboot")
+
+
+class _Refused(Exception):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(hostname)
+        self.hostname, self.key = hostname, key
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """An unknown host key is never accepted (paramiko's AutoAddPolicy would)."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise _Refused(hostname, key)
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def default_known_hosts() -> Path:
+    return Path.home() / ".ssh" / "known_hosts"
+
+
+def connect(address: SshAddress, identity: Path | None, known_hosts: Path | None,
+            timeout: float = CONNECT_TIMEOUT) -> paramiko.SSHClient:
+    """An authenticated connection; every refusal is one HarnessError line naming the fix."""
+    known = known_hosts or default_known_hosts()
+    if known_hosts is not None and not known_hosts.is_file():
+        raise HarnessError(f"--known-hosts {known_hosts}: no such file: give a known_hosts file that "
+                           f"has {address.known_hosts_name}'s key")
+    if identity is not None and not identity.is_file():
+        raise HarnessError(f"--identity {identity}: no such file: give the private key to log in with")
+    key = _load_identity(identity) if identity is not None else None
+    client = paramiko.SSHClient()
+    if known.is_file():
+        try:
+            client.load_host_keys(str(known))
+        except (OSError, paramiko.SSHException) as error:
+            raise HarnessError(f"cannot read known_hosts {known}: {error}: fix the file or give "
+                               "--known-hosts FILE") from None
+    client.set_missing_host_key_policy(_RefuseUnknown())
+    scan = (f"ssh-keyscan -p {address.port} {address.host.strip('[]')}" if address.port != DEFAULT_PORT
+            else f"ssh-keyscan {address.host.strip('[]')}")
+    try:
+        client.connect(
+            address.host.strip("[]"), port=address.port, username=address.user,
+            pkey=key,
+            look_for_keys=identity is None, allow_agent=identity is None,
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+        )
+    except _Refused as refused:
+        client.close()
+        raise HarnessError(
+            f"{address.text}: host key {_fingerprint(refused.key)} is not in {known}: refused; check "
+            f"it with the machine's owner, then add it (`{scan} >> {known}`) or give --known-hosts FILE"
+        ) from None
+    except paramiko.BadHostKeyException as bad:
+        client.close()
+        raise HarnessError(
+            f"{address.text}: host key changed: {known} has {_fingerprint(bad.expected_key)}, the "
+            f"server offers {_fingerprint(bad.key)}: refused (a man in the middle, or a reinstalled "
+            f"machine: if so, `ssh-keygen -f {known} -R '{address.known_hosts_name}'` and add the new one)"
+        ) from None
+    except paramiko.AuthenticationException as error:
+        client.close()
+        which = f"with {identity}" if identity else "with the agent's and ~/.ssh's keys"
+        raise HarnessError(f"{address.text}: authentication as {address.user} failed {which} ({error}): "
+                           "give --identity KEY whose public key is in the target's "
+                           "authorized_keys") from None
+    except (OSError, EOFError, paramiko.SSHException) as error:
+        client.close()
+        reason = str(error) or error.__class__.__name__
+        raise HarnessError(f"{address.text}: cannot connect: {reason}: check the address, the port and "
+                           "that sshd runs there") from None
+    return client
+
+
+def _load_identity(identity: Path) -> paramiko.PKey:
+    """The private key, read here: paramiko's key_filename tries every key type on the file and
+    then reports the last type's parse error instead of the failed authentication."""
+    try:
+        return paramiko.PKey.from_path(str(identity))
+    except paramiko.PasswordRequiredException:
+        raise HarnessError(f"--identity {identity} is encrypted: load it into ssh-agent and omit "
+                           "--identity, or give a key without a passphrase") from None
+    except (OSError, ValueError, paramiko.SSHException) as error:
+        raise HarnessError(f"--identity {identity}: not a private key paramiko can read ({error}): "
+                           "give an OpenSSH or PEM private key") from None
+
+
+class ConnectionLost(Exception):
+    """The SSH connection dropped (the transport died or a channel could not be opened)."""
+
+
+class Remote:
+    """Commands and files over one SSH connection (exec channels only: no SFTP needed)."""
+
+    def __init__(self, client: paramiko.SSHClient) -> None:
+        self.client = client
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def open(self, command: str) -> paramiko.Channel:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost("the SSH connection is down")
+        try:
+            channel = transport.open_session(timeout=CONNECT_TIMEOUT)
+            channel.exec_command(command)
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise ConnectionLost(str(error) or error.__class__.__name__) from None
+        return channel
+
+    def run(self, command: str, data: bytes | None = None, timeout: float = 120.0) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of COMMAND run by the target's shell."""
+        channel = self.open(command)
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            if data is not None:
+                channel.sendall(data)
+            channel.shutdown_write()
+            while True:
+                while channel.recv_ready():
+                    out += channel.recv(65536)
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                pending = channel.recv_ready() or channel.recv_stderr_ready()
+                if channel.exit_status_ready() and not pending:
+                    break
+                if not self.alive():
+                    raise ConnectionLost(f"the connection dropped during `{command[:60]}`")
+                if time.monotonic() > deadline:
+                    raise ConnectionLost(f"`{command[:60]}` did not end within {timeout:.0f} s")
+                time.sleep(0.02)
+            status = channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise ConnectionLost(str(error) or error.__class__.__name__) from None
+        finally:
+            channel.close()
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def check(self, command: str, what: str, data: bytes | None = None) -> str:
+        status, out, err = self.run(command, data)
+        if status != 0:
+            raise HarnessError(f"on the target, {what} failed (exit {status}): "
+                               f"{(err.strip() or out.strip() or 'no output').splitlines()[-1][:200]}")
+        return out
+
+    def put(self, path: str, data: bytes, mode: int = 0o755) -> None:
+        quoted = shlex.quote(path)
+        self.check(f"cat > {quoted} && chmod {mode:o} {quoted}", f"writing {path}", data)
+
+
+# The driver on the target: scenarios.sh as it runs in the harness's guest, with the target's
+# kernel log from the start record on. Its process group is the run's: killing it ends all.
+DRIVER = r"""
+D=$1
+TOKEN=$2
+PATH="$D/bin:$PATH"
+export PATH
+read -r stat < /proc/$$/stat
+set -- $stat
+echo "$5" > "$D/pgid"
+rm -f "$D/status" "$D/results.ktap" "$D/kmsg.log"
+hvoh kmsg > "$D/kmsg.raw" 2>&1 &
+kmsg_pid=$!
+# The start record: the run's kernel log is the records from its sequence number on.
+echo "hvo-harness: ssh run $TOKEN start" > /dev/kmsg
+echo "hvo-ssh: scenarios start"
+# scenarios.sh reads its plan from /proc/cmdline: in a mount namespace of its own that is the
+# target's command line plus the plan's hvo.* words; the target's own /proc is untouched.
+unshare -m sh -c 'mount --bind "$1/plan.cmdline" /proc/cmdline && exec sh "$1/scenarios.sh"' sh "$D" \
+	> "$D/results.ktap" 2>&1
+echo "hvo-ssh: scenarios rc=$?"
+echo "hvo-harness: ssh run $TOKEN end" > /dev/kmsg
+i=0
+while [ $i -lt 15 ] && ! grep -q "ssh run $TOKEN end" "$D/kmsg.raw"; do
+	sleep 1
+	i=$((i + 1))
+done
+kill $kmsg_pid 2>/dev/null
+# From the start record on; before it only the kernel's own HugeTLB lines of its boot (what it
+# registered and claims to free), which the judge compares with the measurements.
+keep='index($0, start) { on = 1 } on || /^[0-9]+,[0-9]+,[0-9]+,[^;]*;HugeTLB: /'
+awk -v start="hvo-harness: ssh run $TOKEN start" "$keep" "$D/kmsg.raw" > "$D/kmsg.log"
+rm -f "$D/kmsg.raw"
+echo done > "$D/status"
+echo "hvo-ssh: done"
+"""
+
+# Every setting the scenarios change, one 'path value' line each.
+SAVE = (f"for f in {SETTINGS_GLOB} {SYSCTL}; do [ -f \"$f\" ] || continue; "
+        "read -r v < \"$f\"; echo \"$f $v\"; done")
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for line in text.splitlines():
+        path, _, value = line.strip().partition(" ")
+        if path.startswith(("/sys/devices/system/node/", SYSCTL)) and value.strip():
+            settings[path] = value.strip()
+    return settings
+
+
+def restore_command(saved: dict[str, str]) -> str:
+    """Write every saved setting back (the sysctl first, so that pages allocated again get the
+    vmemmap treatment they had), then print each as it reads now."""
+    order = sorted(saved, key=lambda path: (path != SYSCTL, path))
+    writes = [f"echo {shlex.quote(saved[p])} > {shlex.quote(p)} 2>/dev/null" for p in order]
+    # (A sysctl file gives its value without a newline: read's status is no test.)
+    reads = [f"v=; read -r v < {shlex.quote(p)}; echo {shlex.quote(p)} \"$v\"" for p in order]
+    return "; ".join([*writes, *reads, "true"])
+
+
+def compare_settings(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    return [f"{path}: was {value}, reads {now.get(path, 'nothing')}"
+            for path, value in saved.items() if now.get(path) != value]
+
+
+@dataclass
+class _Session:
+    """What one run keeps on the target and on the host."""
+
+    directory: str
+    token: str
+    saved: dict[str, str]
+    state_file: Path
+    boot_id: str
+
+
+class SshTarget:
+    """A running machine reached over SSH (harness.targets.Target)."""
+
+    name = "ssh"
+
+    def __init__(self, address: SshAddress, identity: Path | None = None, known_hosts: Path | None = None,
+                 progress: Progress | None = None, timeout: float = 600.0,
+                 reconnect_seconds: float = RECONNECT_SECONDS) -> None:
+        self.address = address
+        self.identity = identity
+        self.known_hosts = known_hosts
+        self.progress = progress or (lambda text: None)
+        self.timeout = timeout
+        self.reconnect_seconds = reconnect_seconds
+        self.remote: Remote | None = None
+        self.directory: str | None = None
+        self.host_key: str | None = None
+        # Set when Ctrl-C or SIGTERM cut the run: the caller saves the results, then raises it.
+        self.interrupt: BaseException | None = None
+        # Tests: called with the remote driver's start, to do things to the connection.
+        self.on_started: Callable[[SshTarget], None] | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self) -> Remote:
+        client = connect(self.address, self.identity, self.known_hosts)
+        transport = client.get_transport()
+        if transport is not None:
+            # Keepalives: a dead peer is noticed within seconds, not at the TCP timeout.
+            transport.set_keepalive(5)
+            key = transport.get_remote_server_key()
+            self.host_key = _fingerprint(key)
+        self.remote = Remote(client)
+        return self.remote
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.client.close()
+            self.remote = None
+
+    def _remote(self) -> Remote:
+        if self.remote is None or not self.remote.alive():
+            return self.connect()
+        return self.remote
+
+    # -- prepare --------------------------------------------------------------------------------
+
+    def prepare(self) -> TargetFacts:
+        remote = self._remote()
+        uid = remote.check("id -u", "`id -u`").strip()
+        if uid != "0":
+            raise HarnessError(f"{self.address.text}: {self.address.user} is not root (uid {uid}): the "
+                               "SSH target writes /sys and /proc/sys: connect as root (ssh://root@HOST)")
+        machine = remote.check("uname -m", "`uname -m`").strip()
+        arch = _MACHINES.get(machine)
+        if arch is None:
+            raise HarnessError(f"{self.address.text} is {machine}: the harness has profiles for "
+                               f"{', '.join(ARCH_NAMES)} only")
+        profile = get_profile(arch)
+        self.progress(f"{self.address.text}: {machine}, copying the guest helper and scenarios.sh")
+        self.directory = self._lay_out(remote, profile)
+        facts = self._facts(remote, profile, self.directory)
+        return facts
+
+    def _lay_out(self, remote: Remote, profile: ArchProfile) -> str:
+        """A fresh directory on the target with busybox, hvoh, scenarios.sh and the driver;
+        in the first of /tmp, /var/tmp, /run, /dev/shm where they can be executed (noexec)."""
+        busybox = artefacts.ensure_busybox(profile, progress=self.progress).path.read_bytes()
+        source = artefacts.ensure_linux_source(progress=self.progress)
+        helper = guest_helper.build(source, profile).read_bytes()
+        scenarios = (GUEST_SCRIPTS / "scenarios.sh").read_bytes()
+        tried = []
+        for base in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
+            status, out, err = remote.run(f"mktemp -d {base}/hvo-harness.XXXXXXXX")
+            if status != 0:
+                tried.append(f"{base}: {err.strip() or 'mktemp failed'}")
+                continue
+            directory = out.strip()
+            remote.check(f"mkdir -p {directory}/bin", f"mkdir {directory}/bin")
+            remote.put(f"{directory}/bin/busybox", busybox)
+            status, _, err = remote.run(f"{directory}/bin/busybox true")
+            if status != 0:
+                tried.append(f"{base}: cannot execute there ({err.strip()[:80]})")
+                remote.run(f"rm -rf {shlex.quote(directory)}")
+                continue
+            remote.check(f"{directory}/bin/busybox --install -s {directory}/bin", "busybox --install")
+            remote.put(f"{directory}/bin/hvoh", helper)
+            remote.put(f"{directory}/scenarios.sh", scenarios)
+            remote.put(f"{directory}/driver.sh", DRIVER.encode())
+            return directory
+        raise HarnessError(f"{self.address.text}: no directory to run the scenarios from "
+                           f"({'; '.join(tried)}): make /tmp writable and executable for root")
+
+    def _facts(self, remote: Remote, profile: ArchProfile, directory: str) -> TargetFacts:
+        bb = f"{directory}/bin/busybox"
+        release = remote.check("uname -r", "`uname -r`").strip()
+        version = remote.check("uname -v", "`uname -v`").strip()
+        cmdline = remote.check("cat /proc/cmdline", "reading /proc/cmdline").strip()
+        page_size = int(remote.check(f"{directory}/bin/hvoh pagesize", "hvoh pagesize").strip())
+        online = remote.check("cat /sys/devices/system/node/online 2>/dev/null || echo 0",
+                              "reading the NUMA nodes").strip()
+        nodes = _node_list(online)
+        mib = []
+        for node in nodes:
+            _, text, _ = remote.run(f"cat /sys/devices/system/node/node{node}/meminfo 2>/dev/null")
+            total = re.search(r"MemTotal:\s+(\d+) kB", text)
+            mib.append(int(total.group(1)) // 1024 if total else 0)
+        profile = dataclasses.replace(profile, node_mem_mib=tuple(mib) or (0,))
+        # The kernel's config, where the distribution keeps it, for CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP.
+        config_text, config_from = "", None
+        for path, command in ((f"/boot/config-{release}", f"cat /boot/config-{release}"),
+                              ("/proc/config.gz", f"{bb} zcat /proc/config.gz")):
+            status, text, _ = remote.run(f"{command} 2>/dev/null")
+            if status == 0 and "CONFIG_" in text:
+                config_text, config_from = text, path
+                break
+        config = _read_config(config_text) if config_text else None
+        hvo_built = None if config is None else config.get("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP") == "y"
+        struct_page = self._struct_page(remote)
+        status, image_sum, _ = remote.run(f"{bb} sha256sum /boot/vmlinuz-{release} 2>/dev/null")
+        sha = image_sum.split()[0] if status == 0 and image_sum.strip() else None
+        _, sysctl, _ = remote.run(f"cat {SYSCTL} 2>/dev/null")
+        hvo = hvo_from_cmdline(cmdline, sysctl.strip() or None)
+        info = KernelInfo(
+            path=f"{self.address.text} (running kernel)", release=release, sha256=sha,
+            source={"type": "running", "target": self.address.text, "version": version,
+                    "config": config_from, "image": f"/boot/vmlinuz-{release}" if sha else None},
+            struct_page=struct_page.to_json(),
+        )
+        facts = judge.KernelFacts(kconfig.page_size(config or {}) or page_size, struct_page, hvo_built)
+        accel = Accel("none", f"not booted by the harness: the running kernel of {self.address.text}")
+        return TargetFacts(profile, facts, info, cmdline, hvo, accel)
+
+    def _struct_page(self, remote: Remote) -> structpage.StructPage:
+        """sizeof(struct page) from the running kernel's own BTF (/sys/kernel/btf/vmlinux)."""
+        status, _, _ = remote.run("test -r /sys/kernel/btf/vmlinux")
+        if status != 0:
+            return structpage.StructPage(None, why="the target has no /sys/kernel/btf/vmlinux "
+                                         f"(CONFIG_DEBUG_INFO_BTF); {structpage.WHAT_WOULD_GIVE_IT}")
+        channel = remote.open("cat /sys/kernel/btf/vmlinux")
+        data = bytearray()
+        try:
+            channel.shutdown_write()
+            while True:
+                chunk = channel.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            channel.close()
+        with tempfile.NamedTemporaryFile(prefix="hvo-ssh-btf-") as raw:
+            raw.write(bytes(data))
+            raw.flush()
+            try:
+                size, members = structpage.parse_pahole(structpage.run_pahole(Path(raw.name), "btf"))
+            except (HarnessError, ValueError) as error:
+                return structpage.StructPage(None, why=f"the target's /sys/kernel/btf/vmlinux: {error}")
+        return structpage.StructPage(size, "BTF of the target's running kernel (/sys/kernel/btf/vmlinux)",
+                                     members)
+
+    # -- run --------------------------------------------------------------------------------------
+
+    def stem(self, facts: TargetFacts) -> str:
+        host = re.sub(r"[^A-Za-z0-9_.+-]", "_", self.address.host.strip("[]"))
+        return f"{facts.profile.name}-ssh-{host}-hvo-{facts.hvo}"
+
+    def run(self, plan: Plan, facts: TargetFacts, out_dir: Path,
+            stop: threading.Event | None = None) -> TargetOutput:
+        assert self.directory is not None, "prepare() first"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.stem(facts)
+        console_log, results_log = out_dir / f"{stem}.console.log", out_dir / f"{stem}.results.ktap"
+        kernel_log_path = out_dir / f"{stem}.kernel.log"
+        for stale in (console_log, results_log, kernel_log_path):
+            stale.unlink(missing_ok=True)
+        remote = self._remote()
+        directory = self.directory
+        token = secrets.token_hex(8)
+        saved = parse_settings(remote.check(SAVE, "reading the huge page settings"))
+        _, boot_id, _ = remote.run("cat /proc/sys/kernel/random/boot_id")
+        session = _Session(directory, token, saved, out_dir / f"{stem}.ssh-state.json", boot_id.strip())
+        # Saved before anything changes, on both sides: a run cut off by the network can be
+        # put right later from either copy.
+        state = {"target": self.address.text, "directory": directory, "token": token,
+                 "boot_id": session.boot_id, "saved": saved}
+        session.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        saved_text = "".join(f"{p} {v}\n" for p, v in saved.items())
+        remote.put(f"{directory}/saved.state", saved_text.encode(), 0o644)
+        remote.put(f"{directory}/plan.cmdline", (plan_cmdline(facts.cmdline, plan) + "\n").encode(), 0o644)
+        start = time.monotonic()
+        record: dict[str, Any] = {"address": self.address.text, "host_key": self.host_key,
+                                  "directory": directory, "state_file": str(session.state_file),
+                                  # Every setting the scenarios may change, as it was before.
+                                  "saved": dict(sorted(saved.items()))}
+        ended, reason, status = "done", "the scenarios ran to their end on the target", None
+        transcript = bytearray()
+        try:
+            try:
+                status, transcript = self._drive(remote, session, stop, start, transcript)
+                if status == -1:
+                    ended, reason = "exited", "the driver on the target was killed by a signal"
+                elif status != 0:
+                    ended, reason = "exited", f"the driver on the target exited with status {status}"
+            except ConnectionLost as lost:
+                ended, reason = "connection-lost", f"the SSH connection dropped mid-run ({lost})"
+            except _Stopped:
+                ended, reason = "interrupted", "interrupted by the user"
+            except _TimedOut:
+                ended, reason = "timeout", f"no end after {self.timeout:.0f} s: ended by the harness"
+            except KeyboardInterrupt as interrupt:
+                self.interrupt = interrupt
+                ended, reason = "interrupted", "interrupted by the user"
+        finally:
+            # Also on an error: what the run changed goes back before anything else happens.
+            self._finish(session, record, ended, stop)
+        console_log.write_bytes(bytes(transcript))
+        report_text, kmsg_text = "", ""
+        if ended != "connection-lost" or record.get("reconnected"):
+            with contextlib.suppress(ConnectionLost):
+                remote = self._remote()
+                report_text = remote.run(f"cat {directory}/results.ktap 2>/dev/null")[1]
+                kmsg_text = remote.run(f"cat {directory}/kmsg.log 2>/dev/null")[1]
+        if record.get("rebooted"):
+            report_text, kmsg_text = "", ""
+        if ended == "connection-lost" and record.get("reconnected") and not record.get("rebooted"):
+            reason += "; the target kept running (same boot_id) and was reached again"
+        elif record.get("rebooted"):
+            reason += "; the target rebooted meanwhile (its boot_id changed): the kernel died or was reset"
+        results_log.write_text(report_text)
+        log = run_kernel_log(kmsg_text, token)
+        kernel_log_path.write_text(log.text)
+        with contextlib.suppress(ConnectionLost):
+            if self.remote is not None and self.remote.alive() and record.get("restored"):
+                self.remote.run(f"rm -rf {shlex.quote(directory)}")
+                self.directory = None
+        outcome = GuestOutcome(ended, reason, None, time.monotonic() - start, status)
+        return TargetOutput(report_text, log, outcome, f"ssh: {directory}/results.ktap",
+                            files={"console_log": str(console_log), "results_log": str(results_log),
+                                   "kernel_log": str(kernel_log_path)},
+                            record=record)
+
+    def reproducer(self, run: Run, out_dir: Path) -> Path | None:
+        """None: a running machine is not booted again from a bundle; what reaches it and what
+        the run changed there are in Run.target (and <stem>.ssh-state.json while not restored)."""
+        return None
+
+    def _drive(self, remote: Remote, session: _Session, stop: threading.Event | None, start: float,
+               transcript: bytearray) -> tuple[int, bytearray]:
+        channel = remote.open(f"{session.directory}/bin/busybox sh {session.directory}/driver.sh "
+                              f"{session.directory} {session.token} 2>&1")
+        if self.on_started is not None:
+            self.on_started(self)
+        try:
+            channel.shutdown_write()
+            while True:
+                if stop is not None and stop.is_set():
+                    raise _Stopped()
+                if time.monotonic() - start > self.timeout:
+                    raise _TimedOut()
+                if channel.recv_ready():
+                    transcript += channel.recv(65536)
+                    continue
+                if channel.exit_status_ready():
+                    while channel.recv_ready():
+                        transcript += channel.recv(65536)
+                    status = channel.recv_exit_status()
+                    # paramiko gives -1 for a channel that ended without an exit status: a
+                    # transport that closed under it, or a driver killed by a signal there.
+                    if status == -1 and not remote.alive():
+                        raise ConnectionLost("the transport closed")
+                    return status, transcript
+                if not remote.alive() or channel.closed:
+                    raise ConnectionLost("the transport closed")
+                time.sleep(POLL_SECONDS if not channel.recv_ready() else 0)
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise ConnectionLost(str(error) or error.__class__.__name__) from None
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+    def _finish(self, session: _Session, record: dict[str, Any], ended: str,
+                stop: threading.Event | None) -> None:
+        """End the driver if it still runs, restore every saved setting and read each back.
+
+        A second Ctrl-C while this runs is held until it is done (as guest._end does for QEMU):
+        the target must not be left changed because the user pressed twice."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self._restore(session, record, ended)
+                break
+            except KeyboardInterrupt as again:
+                interrupted = again
+        if interrupted is not None and self.interrupt is None:
+            self.interrupt = interrupted
+
+    def _restore(self, session: _Session, record: dict[str, Any], ended: str) -> None:
+        remote = self.remote if self.remote is not None and self.remote.alive() else None
+        if remote is None:
+            remote = self._reconnect()
+            record["reconnected"] = remote is not None
+        if remote is None:
+            record["restored"] = False
+            record["not_restored"] = [
+                f"{path}: was {value}; the target could not be reached again within "
+                f"{self.reconnect_seconds:.0f} s (saved in {session.state_file})"
+                for path, value in session.saved.items()]
+            return
+        try:
+            _, boot_id, _ = remote.run("cat /proc/sys/kernel/random/boot_id")
+            if boot_id.strip() != session.boot_id:
+                # A new boot has the command line's settings again; nothing of ours is left.
+                record["rebooted"] = True
+            if ended != "done":
+                # The driver and its children are one process group: end them all first.
+                remote.run(f"pg=$(cat {session.directory}/pgid 2>/dev/null) && [ -n \"$pg\" ] && "
+                           "kill -TERM -- -$pg 2>/dev/null; sleep 1; "
+                           f"[ -n \"$pg\" ] && kill -KILL -- -$pg 2>/dev/null; true")
+            _, now_text, _ = remote.run(restore_command(session.saved), timeout=600.0)
+        except ConnectionLost as lost:
+            record["restored"] = False
+            record["not_restored"] = [f"{path}: was {value}; the connection dropped while restoring "
+                                      f"({lost}); saved in {session.state_file}"
+                                      for path, value in session.saved.items()]
+            return
+        now = parse_settings(now_text)
+        wrong = compare_settings(session.saved, now)
+        record["restored"] = not wrong
+        record["not_restored"] = wrong
+        if wrong:
+            self.progress(f"{self.address.text}: not restored: {'; '.join(wrong[:3])}")
+        else:
+            session.state_file.unlink(missing_ok=True)
+
+    def _reconnect(self) -> Remote | None:
+        deadline = time.monotonic() + self.reconnect_seconds
+        self.close()
+        while True:
+            try:
+                return self.connect()
+            except HarnessError as error:
+                if time.monotonic() >= deadline:
+                    self.progress(f"{self.address.text}: could not reconnect: {error}")
+                    return None
+            time.sleep(2)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _node_list(online: str) -> list[int]:
+    """'0-1,3' -> [0, 1, 3]."""
+    nodes: list[int] = []
+    for part in online.split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit():
+            nodes += list(range(int(low), int(high) + 1)) if high.isdigit() else [int(low)]
+    return nodes or [0]
+
+
+def _read_config(text: str) -> dict[str, str]:
+    with tempfile.NamedTemporaryFile("w", prefix="hvo-ssh-config-", suffix=".config") as stream:
+        stream.write(text)
+        stream.flush()
+        return kconfig.read(Path(stream.name))
+
+
+def run_kernel_log(text: str, token: str) -> kmsg.KernelLog:
+    """The run's kernel log: the driver's records from its start record on, by sequence number."""
+    stream = kmsg.parse_stream(text, framed=False)
+    start_text = f"hvo-harness: ssh run {token} start"
+    end_text = f"hvo-harness: ssh run {token} end"
+    first = next((r.seq for r in stream.records if r.text == start_text), None)
+    if first is None:
+        return kmsg.KernelLog("", "kmsg", 0, [], stream.garbled, 0, False)
+    # The boot's HugeTLB lines (what the kernel registered and claims), nothing else of before.
+    boot = [r for r in stream.records if r.seq < first and r.text.startswith("HugeTLB: ")]
+    records = [r for r in stream.records if r.seq >= first]
+    lost = [(a.seq + 1, b.seq - 1) for a, b in itertools.pairwise(records) if b.seq != a.seq + 1]
+    lines = [line for record in [*boot, *records] for line in record.lines()]
+    return kmsg.KernelLog("\n".join(lines) + "\n", "kmsg", len(records), lost,
+                          stream.garbled, 0, any(r.text == end_text for r in records))
+
+
+def _run_record(run: Run, target_cmdline_pages: dict[int, int]) -> Run:
+    """Boot-time scenarios of sizes the target's command line asked no pages of: a skip with
+    the reboot they would need (never a pass: nothing was tested), unless they failed."""
+    for scenario in run.scenarios:
+        if scenario.mode != "boot" or scenario.requested != 0 or scenario.status == "fail":
+            continue
+        guest = scenario.checks.get("guest", {}) if isinstance(scenario.checks, dict) else {}
+        if guest.get("sysfs") == "absent":
+            continue  # a size the kernel lacks: the judge's reason stands
+        scenario.status = "skip"
+        scenario.reason = reboot_skip_reason(scenario.size, target_cmdline_pages)
+    return run
+
+
+def run_ssh(address: SshAddress, identity: Path | None, known_hosts: Path | None, out_dir: Path,
+            on_run: Callable[[Results, int], None] | None = None, progress: Progress | None = None,
+            stop: threading.Event | None = None, timeout: float = 600.0,
+            results: Results | None = None, target: SshTarget | None = None) -> Results:
+    """One run of the plan on the target, judged into RESULTS (a new one when None).
+
+    A Ctrl-C or SIGTERM during it restores the target, saves the run so far (on_run), then is
+    raised again for the caller."""
+    target = target or SshTarget(address, identity, known_hosts, progress, timeout)
+    results = results if results is not None else Results()
+    try:
+        facts = target.prepare()
+        boot_pages = boot_pages_from_cmdline(facts.cmdline, len(facts.profile.node_mem_mib),
+                                             _default_huge_size(facts.profile, facts.facts.page_size))
+        base = make_plan(facts.profile, facts.facts.page_size, facts.hvo)
+        plan = dataclasses.replace(base, boot_pages={size: boot_pages.get(size, 0) for size in base.sizes})
+        if progress:
+            progress(f"{address.text}: running the scenarios (hugetlb_free_vmemmap={facts.hvo}, "
+                     f"{len(facts.profile.node_mem_mib)} nodes, {facts.facts.page_size // 1024}K pages)")
+        output = target.run(plan, facts, out_dir, stop)
+        if target.directory is not None:
+            # Kept on the target only while something there is not restored: say where.
+            output.record["left_on_target"] = target.directory
+        run = _run_record(judged_run("ssh", facts, plan, output), boot_pages)
+        if output.outcome.ended == "connection-lost" and not output.record.get("rebooted") \
+                and run.verdict == "fail" and not run.findings:
+            # The kernel lived on (same boot_id): the network failed, not the kernel.
+            run.verdict = "error"
+        results.runs.append(run)
+        results.complete = output.outcome.ended not in ("interrupted",)
+        if on_run:
+            on_run(results, 1)
+    finally:
+        # A run that stopped before its scenarios (an error in prepare, Ctrl-C) changed
+        # nothing: its directory on the target goes; one with settings not restored stays.
+        if target.directory is not None and not results.runs and target.remote is not None:
+            with contextlib.suppress(ConnectionLost, KeyboardInterrupt):
+                target.remote.run(f"rm -rf {shlex.quote(target.directory)}", timeout=30)
+        target.close()
+    if target.interrupt is not None:
+        raise target.interrupt
+    return results
+
+
+def _default_huge_size(profile: ArchProfile, page_size: int) -> int:
+    native = profile.huge_sizes_by_page_size.get(page_size, ())
+    return min(native) if native else 2 << 20

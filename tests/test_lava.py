@@ -1,0 +1,252 @@
+"""`export lava`: LAVA job definitions checked with LAVA's own schemas (Debian's lava-common,
+run in the system python3 as harness/lava.py does, but called here directly), bad input as one
+error line, and (boot) one x86_64 job run through Debian's lava-dispatcher and judged."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import libarchive
+import pytest
+import yaml
+
+from harness import lava, pipeline
+from harness.errors import HarnessError
+from harness.plan import make_plan
+from harness.profiles import get_profile
+from harness.results import load, validate
+from tests.cli import one_error_line, run_cli
+from tests.recorded import X86, document
+
+# LAVA's job and device schemas, strict, as a LAVA server of Debian bookworm checks a job.
+_LAVA_CHECK = r"""
+import sys, yaml
+from lava_common.schemas import validate
+from lava_common.schemas.device import validate as validate_device
+kind, path = sys.argv[1], sys.argv[2]
+data = yaml.safe_load(open(path))
+validate_device(data) if kind == "device" else validate(data, strict=True)
+print("valid")
+"""
+
+
+def lava_check(kind: str, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([lava.LAVA_PYTHON, "-c", _LAVA_CHECK, kind, str(path)], capture_output=True,
+                          text=True, check=False)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _actions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {next(iter(action)): next(iter(action.values())) for action in job["actions"]}
+
+
+@pytest.fixture(scope="module")
+def x86_kernel() -> pipeline.PreparedKernel:
+    """Debian sid's x86_64 kernel, from the cache after the first fetch."""
+    return pipeline.prepare_kernel(get_profile("x86_64"), "debian")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, x86_kernel: pipeline.PreparedKernel) -> Path:
+    out = tmp_path_factory.mktemp("lava") / "jobs"
+    proc = run_cli("export", "lava", "--arch", "x86_64,riscv64,loongarch64", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_every_job_and_device_passes_lavas_own_schema(exported: Path) -> None:
+    jobs = sorted(exported.glob("*.yaml"))
+    boards = sorted((exported / "boards").glob("*.yaml"))
+    devices = sorted((exported / "devices").glob("*.yaml"))
+    assert [p.name for p in jobs] == ["riscv64-hvo-off.yaml", "riscv64-hvo-on.yaml",
+                                      "x86_64-hvo-off.yaml", "x86_64-hvo-on.yaml"]
+    # A board template per boot, loongarch64 too: a board needs no QEMU device type.
+    assert len(boards) == 6 and any("loongarch64" in p.name for p in boards)
+    assert [p.name for p in devices] == [p.name for p in jobs]
+    for path in [*jobs, *boards]:
+        proc = lava_check("job", path)
+        assert proc.returncode == 0 and proc.stdout.strip() == "valid", (path, proc.stderr)
+    for path in devices:
+        proc = lava_check("device", path)
+        assert proc.returncode == 0, (path, proc.stderr)
+
+
+def test_the_job_boots_the_plans_command_line(exported: Path, x86_kernel: pipeline.PreparedKernel) -> None:
+    job = load_yaml(exported / "x86_64-hvo-on.yaml")
+    assert job["device_type"] == "qemu" and job["context"]["arch"] == "x86_64"
+    images = _actions(job)["deploy"]["images"]
+    words = shlex.split(images["kernel"]["image_arg"].replace("{kernel}", "K"))
+    assert words[:2] == ["-kernel", "K"] and words[2] == "-append"
+    cmdline = words[3].split()
+    # The plan pipeline.boot makes for this kernel, word for word, after the console words.
+    profile = get_profile("x86_64")
+    facts = pipeline.kernel_facts(profile, x86_kernel)
+    plan = make_plan(profile, facts.page_size, "on")
+    assert cmdline[:3] == ["console=ttyS0", "panic=-1", "printk.time=1"]
+    assert cmdline[-len(plan.kernel_args()):] == plan.kernel_args()
+    assert "hugetlb_free_vmemmap=on" in cmdline and "hugepagesz=1G" in cmdline
+    off = _actions(load_yaml(exported / "x86_64-hvo-off.yaml"))["deploy"]["images"]["kernel"]["image_arg"]
+    assert "hugetlb_free_vmemmap=off" in off
+    # The same NUMA layout as the harness's own boots: two nodes.
+    assert sum("-numa node" in option for option in job["context"]["extra_options"]) == 2
+    # Every file the job names is there, as the dispatcher reads a file:// URL (no %-escapes).
+    for image in images.values():
+        assert image["url"].startswith("file:///") and Path(image["url"][len("file://"):]).is_file()
+    assert Path(images["kernel"]["url"][len("file://"):]) == x86_kernel.image.path
+    riscv = _actions(load_yaml(exported / "riscv64-hvo-on.yaml"))["deploy"]["images"]
+    assert riscv["bios"]["image_arg"] == "-bios {bios}"
+
+
+def test_the_ramdisk_gives_lava_a_shell_and_the_test_runs_scenarios(exported: Path) -> None:
+    job = load_yaml(exported / "x86_64-hvo-on.yaml")
+    actions = _actions(job)
+    ramdisk = actions["deploy"]["images"]["ramdisk"]
+    assert ramdisk["format"] == "cpio.newc" and ramdisk["overlays"] == {"lava": True}
+    entries: dict[str, bytes] = {}
+    with libarchive.file_reader(ramdisk["url"][len("file://"):]) as archive:
+        for entry in archive:
+            entries[entry.pathname] = b"".join(entry.get_blocks())
+    assert entries["init"].decode() == lava.LAVA_INIT
+    assert "hvo/scenarios.sh" in entries and "bin/hvoh" in entries and "bin/busybox" in entries
+    assert f"export PS1='{lava.PROMPT}'" in lava.LAVA_INIT
+    assert actions["boot"]["prompts"] == [lava.PROMPT]
+    definition = actions["test"]["definitions"][0]
+    steps = definition["repository"]["run"]["steps"]
+    assert definition["from"] == "inline"
+    assert any("/hvo/scenarios.sh" in step for step in steps)
+    assert any("lava-test-case" in step for step in steps)
+
+
+def test_lava_test_case_names_from_ktap(tmp_path: Path) -> None:
+    """The test definition's KTAP loop, run by a real shell with a stand-in lava-test-case
+    (LAVA's own writes a signal line; here it writes its arguments)."""
+    (tmp_path / "lava-test-case").write_text('#!/bin/sh\necho "$@" >> "$CASES"\n')
+    (tmp_path / "lava-test-case").chmod(0o755)
+    ktap = ("KTAP version 1\n1..4\n# hvo: boot size_kb=2048 node=0 allocated=2\n"
+            "ok 1 boot size_kb=2048 node=0\n"
+            "not ok 2 boot size_kb=1048576 node=1 # touch_rc=1 release_rc=0\n"
+            "ok 3 boot size_kb=16777216 node=0 # SKIP no /sys/devices/system/node/node0/hugepages\n"
+            "ok 4 runtime size_kb=2048 node=1 sysctl=0\n")
+    (tmp_path / "hvo.ktap").write_text(ktap)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CASES": str(tmp_path / "cases")}
+    loop = next(s for s in lava.test_definition(False)["run"]["steps"] if "lava-test-case" in s)
+    assert loop.endswith("< /tmp/hvo.ktap")
+    loop = loop.replace("/tmp/hvo.ktap", str(tmp_path / "hvo.ktap"))
+    subprocess.run(["/bin/sh", "-c", loop], env=env, check=True)
+    assert (tmp_path / "cases").read_text().splitlines() == [
+        "boot-2048kB-node0 --result pass",
+        "boot-1048576kB-node1 --result fail",
+        "boot-16777216kB-node0 --result skip",
+        "runtime-2048kB-node1-sysctl0 --result pass",
+    ]
+
+
+def test_lavas_schema_refuses_a_broken_job(exported: Path) -> None:
+    job = load_yaml(exported / "x86_64-hvo-on.yaml")
+    broken = copy.deepcopy(job)
+    del broken["visibility"]
+    with pytest.raises(HarnessError, match=r"bad: LAVA's schema refuses it: .*visibility"):
+        lava.to_yaml({"bad": broken})
+    broken = copy.deepcopy(job)
+    _actions(broken)["deploy"]["images"]["ramdisk"]["format"] = "cpio"
+    with pytest.raises(HarnessError, match="LAVA's schema refuses it"):
+        lava.to_yaml({"bad": broken})
+
+
+def test_export_from_a_results_file_keeps_the_runs_command_line(
+    tmp_path: Path, x86_kernel: pipeline.PreparedKernel
+) -> None:
+    doc = document(X86)
+    run = doc["runs"][0]
+    argv = run["qemu_argv"]
+    argv[argv.index("-kernel") + 1] = str(x86_kernel.image.path)  # the recorded build is gone
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    proc = run_cli("export", "lava", str(path), "--out", str(tmp_path / "jobs"))
+    assert proc.returncode == 0, proc.stderr
+    job = load_yaml(tmp_path / "jobs" / "x86_64-hvo-on.yaml")
+    assert f'-append "{run["cmdline"]}"' in _actions(job)["deploy"]["images"]["kernel"]["image_arg"]
+    assert lava_check("job", tmp_path / "jobs" / "x86_64-hvo-on.yaml").returncode == 0
+
+
+@pytest.mark.parametrize("case", ["missing", "loongarch64-only", "kernel-gone", "both", "neither", "hvo"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "r.json"
+    doc = document(X86)
+    args = [str(path)]
+    if case == "loongarch64-only":
+        doc["runs"][0]["arch"] = "loongarch64"
+    if case == "both":
+        args += ["--arch", "x86_64"]
+    if case == "neither":
+        args = []
+    if case == "hvo":
+        args += ["--hvo", "on"]
+    if case != "missing":
+        path.write_text(json.dumps(doc))
+    proc = run_cli("export", "lava", *args, "--out", str(tmp_path / "jobs"))
+    line = one_error_line(proc)
+    expected = {
+        "missing": "no such file",
+        "loongarch64-only": "loongarch64: LAVA 2023.01's qemu device type",
+        "kernel-gone": "is not there any more",
+        "both": "not both",
+        "neither": "not both and not neither",
+        "hvo": "--hvo is for export lava --arch",
+    }[case]
+    assert expected in line
+    assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.boot
+def test_one_x86_64_job_through_lava_dispatcher_judged(tmp_path: Path) -> None:
+    """lava-run (Debian's lava-dispatcher) boots the job under QEMU, its test shell runs the
+    scenarios; LAVA records a test case per scenario and the harness's judge reads the same
+    boot back from the dispatcher's log. About a minute under TCG."""
+    out = tmp_path / "jobs"
+    proc = run_cli("export", "lava", "--arch", "x86_64", "--hvo", "on", "--out", str(out), "--run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results_path = out / "lava-run" / "x86_64-hvo-on" / "results.json"
+    validate(json.loads(results_path.read_text()))
+    run = load(results_path).runs[0]
+    assert run.verdict == "pass", run.verdict_reason
+    assert run.hugetlb["backend"] == "lava" and run.hvo.state == "active"
+    plan_count = len(run.scenarios)
+    cases = run.hugetlb["lava_test_cases"]
+    assert len(cases) == plan_count == 18
+    by_case = {c["case"]: c["result"] for c in cases}
+    assert by_case["boot-2048kB-node0"] == "pass" and by_case["boot-16777216kB-node1"] == "skip"
+    # The judge measured the savings from the counters that came through LAVA's console.
+    two_meg = next(s for s in run.scenarios if s.name == "2M/runtime/node0/hvo-on-sysctl")
+    assert two_meg.status == "pass"
+    assert two_meg.vmemmap.measured_kib_per_page == two_meg.vmemmap.expected_kib_per_page == 28
+    log = (out / "lava-run" / "x86_64-hvo-on" / "lava-run.log").read_text()
+    assert "Job finished correctly" in log
+
+
+def test_artefacts_url_copies_the_files_a_lab_fetches(
+    tmp_path: Path, x86_kernel: pipeline.PreparedKernel
+) -> None:
+    out = tmp_path / "jobs"
+    proc = run_cli("export", "lava", "--arch", "x86_64", "--hvo", "on", "--out", str(out),
+                   "--artefacts-url", "https://lab.example/hvo/")
+    assert proc.returncode == 0, proc.stderr
+    images = _actions(load_yaml(out / "x86_64-hvo-on.yaml"))["deploy"]["images"]
+    for image in images.values():
+        name = image["url"].removeprefix("https://lab.example/hvo/")
+        assert "/" not in name
+        copy_path = out / "artefacts" / name
+        assert hashlib.sha256(copy_path.read_bytes()).hexdigest() == image["sha256sum"]
+    assert (out / "artefacts" / x86_kernel.image.path.name).read_bytes() == x86_kernel.image.path.read_bytes()
+    assert lava_check("job", out / "x86_64-hvo-on.yaml").returncode == 0

@@ -1,0 +1,436 @@
+"""The SSH target (harness/targets/ssh.py).
+
+Unit tests for what needs no network (addresses, the command line's boot-time pages, the
+settings saved and restored, the run's kernel log), host-key checks against paramiko's own
+SSH server on 127.0.0.1 (a real SSH handshake, no mock), and boot tests against OpenSSH's sshd
+in a QEMU guest running Debian's x86_64 kernel (tests/sshd_guest.py): one real SSH-target run,
+compared with `hvo-harness compare` against the QEMU target's run of the same kernel and HVO
+setting; a wrong or unknown host key refused; a non-root user refused; a dropped connection
+leaving the target restored once it is reached again."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from harness import guest_memory, images, qemu, results
+from harness.errors import HarnessError
+from harness.plan import make_plan
+from harness.profiles import GIB, MIB, get_profile
+from harness.results import Results, Run, Scenario
+from harness.targets import ssh
+from tests import sshd_guest as guest_vm
+from tests.cli import HARNESS, REPO, one_error_line, run_cli
+
+# -- addresses -----------------------------------------------------------------------------------
+
+
+def test_address_forms() -> None:
+    assert ssh.parse_address("ssh://root@host") == ssh.SshAddress("root", "host", 22)
+    assert ssh.parse_address("ssh://me@192.0.2.7:2222") == ssh.SshAddress("me", "192.0.2.7", 2222)
+    assert ssh.parse_address("ssh://host:2200").user == "root"
+    assert ssh.parse_address("ssh://u@[::1]:22").known_hosts_name == "::1"
+    assert ssh.parse_address("ssh://u@[::1]:2222").known_hosts_name == "[::1]:2222"
+    for bad in ("root@host", "ssh://", "ssh://u@host:99999", "ssh://u@host:port", "http://host"):
+        with pytest.raises(HarnessError, match="--target"):
+            ssh.parse_address(bad)
+
+
+# -- what the running kernel's command line asked for ---------------------------------------------
+
+
+def test_boot_pages_from_cmdline() -> None:
+    line = "ro hugepagesz=2M hugepages=0:2,1:2 hugepagesz=1G hugepages=3 hugepagesz=16G hugepages=1"
+    assert ssh.boot_pages_from_cmdline(line, 2, 2 * MIB) == {2 * MIB: 2, GIB: 1, 16 * GIB: 0}
+    # hugepages= before any hugepagesz= is the default size's; default_hugepagesz= moves it.
+    assert ssh.boot_pages_from_cmdline("hugepages=8", 2, 2 * MIB) == {2 * MIB: 4}
+    assert ssh.boot_pages_from_cmdline("default_hugepagesz=1G hugepages=2", 1, 2 * MIB) == {GIB: 2}
+    # A node the per-node form leaves out has none: the smallest node's count is asked of all.
+    assert ssh.boot_pages_from_cmdline("hugepagesz=2M hugepages=0:4", 2, 2 * MIB) == {2 * MIB: 0}
+    assert ssh.boot_pages_from_cmdline("quiet", 2, 2 * MIB) == {}
+
+
+def test_hvo_setting_of_the_running_kernel() -> None:
+    assert ssh.hvo_from_cmdline("hugetlb_free_vmemmap=on", "0") == "on"
+    assert ssh.hvo_from_cmdline("hugetlb_free_vmemmap=on hugetlb_free_vmemmap=off", "1") == "off"
+    assert ssh.hvo_from_cmdline("quiet", "1") == "on"
+    assert ssh.hvo_from_cmdline("quiet", None) == "off"
+
+
+def test_plan_cmdline_replaces_hvo_words() -> None:
+    profile = dataclasses.replace(get_profile("x86_64"), node_mem_mib=(4096, 4096))
+    plan = make_plan(profile, 4096, "on")
+    words = ssh.plan_cmdline("ro hvo.sizes=1 quiet", plan).split()
+    assert words[:2] == ["ro", "quiet"]
+    hvo_words = [w for w in plan.kernel_args() if w.startswith("hvo.")]
+    assert [w for w in words if w.startswith("hvo.")] == hvo_words
+
+
+# -- settings saved and restored ------------------------------------------------------------------
+
+NODE0_2M = "/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+def test_settings_round_trip() -> None:
+    saved = ssh.parse_settings(f"{NODE0_2M} 3\n{ssh.SYSCTL} 1\n/etc/passwd 0\nnoise\n")
+    assert saved == {NODE0_2M: "3", ssh.SYSCTL: "1"}
+    command = ssh.restore_command(saved)
+    # The sysctl goes back first: pages allocated again get the vmemmap treatment they had.
+    assert command.index(ssh.SYSCTL) < command.index(NODE0_2M)
+    assert ssh.compare_settings(saved, {NODE0_2M: "3", ssh.SYSCTL: "1"}) == []
+    assert ssh.compare_settings(saved, {NODE0_2M: "2"}) == [
+        f"{NODE0_2M}: was 3, reads 2", f"{ssh.SYSCTL}: was 1, reads nothing"]
+
+
+# -- the run's kernel log ---------------------------------------------------------------------------
+
+
+def test_kernel_log_is_the_runs_only() -> None:
+    token = "0123456789abcdef"
+    text = "\n".join([
+        "4,10,100,-;WARNING: CPU: 0 PID: 1 at old_boot_warning+0x0/0x10",
+        "6,11,110,-;HugeTLB: 28 KiB vmemmap can be freed for a 2.00 MiB page",
+        f"12,20,200,-;hvo-harness: ssh run {token} start",
+        "12,21,210,-;hvo-harness: scenario runtime size_kb=2048 node=0 sysctl=1",
+        "6,23,230,-;after a gap",
+        f"12,24,240,-;hvo-harness: ssh run {token} end",
+    ])
+    log = ssh.run_kernel_log(text, token)
+    assert "old_boot_warning" not in log.text  # before the run: not this run's
+    assert "HugeTLB: 28 KiB vmemmap can be freed" in log.text  # the boot's claim, kept
+    assert log.records == 4 and log.lost == [(22, 22)] and log.stream_ended
+    # No start record (another run's log, or none): nothing is taken as this run's.
+    assert ssh.run_kernel_log(text, "fedcba9876543210").text == ""
+
+
+def _boot_scenario(status: str, requested: int, sysfs: str | None = None) -> Scenario:
+    guest = {"sysfs": sysfs} if sysfs else {}
+    return Scenario("2M", "boot", 0, "on", requested, 0, status, "judged", checks={"guest": guest})
+
+
+def test_boot_sizes_the_cmdline_did_not_ask_for_are_skips_never_passes() -> None:
+    run = Run("x86_64", results.KernelInfo("", None, None, {"type": "running"}), results.Accel("none", ""),
+              "", None, "pass", results.Hvo("on", "active", ""), [],
+              [_boot_scenario("pass", 0), _boot_scenario("fail", 0), _boot_scenario("skip", 0, "absent"),
+               _boot_scenario("pass", 2)], "")
+    ssh._run_record(run, {GIB: 1})
+    statuses = [(s.status, s.reason) for s in run.scenarios]
+    assert statuses[0][0] == "skip" and "needs a reboot with hugepagesz=2M" in statuses[0][1]
+    assert "1G: 1 per node" in statuses[0][1]
+    assert statuses[1] == ("fail", "judged")  # a failure is never turned into a skip
+    assert statuses[2] == ("skip", "judged")  # a size the kernel lacks keeps the judge's reason
+    assert statuses[3] == ("pass", "judged")  # pages the command line asked for were tested
+
+
+# -- the CLI's checks before any connection ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [["--kernel", "debian:trixie"], ["--arch", "riscv64"], ["--hvo", "off"],
+                                   ["--append", "quiet"], ["--tree"], ["--backend", "vng"]])
+def test_cli_refuses_boot_options_with_a_target(extra: list[str], tmp_path: Path) -> None:
+    line = one_error_line(run_cli("run", "--target", "ssh://root@127.0.0.1:9", *extra,
+                                  "--out", str(tmp_path)))
+    assert "runs the target's own kernel" in line and extra[0] in line
+
+
+def test_cli_bad_target_and_lone_ssh_options(tmp_path: Path) -> None:
+    line = one_error_line(run_cli("run", "--target", "root@host", "--out", str(tmp_path)))
+    assert "ssh://user@host" in line
+    line = one_error_line(run_cli("run", "--identity", str(tmp_path / "k"), "--out", str(tmp_path)))
+    assert "--target" in line
+    line = one_error_line(run_cli("run", "--target", "ssh://root@127.0.0.1:9", "--identity",
+                                  str(tmp_path / "missing"), "--out", str(tmp_path)))
+    assert "--identity" in line and "no such file" in line
+
+
+def test_cli_connection_refused_is_one_line(tmp_path: Path) -> None:
+    port = _closed_port()
+    key = tmp_path / "key"
+    _write_rsa(key)
+    line = one_error_line(run_cli("run", "--target", f"ssh://root@127.0.0.1:{port}", "--identity", str(key),
+                                  "--known-hosts", str(_empty(tmp_path / "kh")),
+                                  "--out", str(tmp_path / "o")))
+    assert "cannot connect" in line
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _empty(path: Path) -> Path:
+    path.write_text("")
+    return path
+
+
+def _write_rsa(path: Path) -> paramiko.RSAKey:
+    key = paramiko.RSAKey.generate(2048)
+    key.write_private_key_file(str(path))
+    return key
+
+
+# -- host keys, against paramiko's SSH server on 127.0.0.1 ------------------------------------------
+
+
+class _AcceptKey(paramiko.ServerInterface):
+    def __init__(self, allowed: paramiko.PKey) -> None:
+        self.allowed = allowed
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        ok = key.get_base64() == self.allowed.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path) -> Iterator[tuple[int, paramiko.PKey, Path]]:
+    """An SSH server (paramiko's server side) on 127.0.0.1: (port, its host key, a client key
+    it accepts)."""
+    host_key = paramiko.RSAKey.generate(2048)
+    client_path = tmp_path / "client"
+    client_key = _write_rsa(client_path)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    done = threading.Event()
+    transports: list[paramiko.Transport] = []
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            transport = paramiko.Transport(conn)
+            transport.add_server_key(host_key)
+            transports.append(transport)
+            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+                transport.start_server(server=_AcceptKey(client_key))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1]), host_key, client_path
+    finally:
+        done.set()
+        thread.join(5)
+        for transport in transports:
+            transport.close()
+        listener.close()
+
+
+def _known_hosts(path: Path, port: int, key: paramiko.PKey) -> Path:
+    path.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
+    return path
+
+
+def test_known_host_key_is_accepted(ssh_server: tuple[int, paramiko.PKey, Path], tmp_path: Path) -> None:
+    port, host_key, client = ssh_server
+    address = ssh.SshAddress("root", "127.0.0.1", port)
+    connection = ssh.connect(address, client, _known_hosts(tmp_path / "kh", port, host_key), timeout=10)
+    try:
+        assert connection.get_transport() is not None and connection.get_transport().is_authenticated()
+    finally:
+        connection.close()
+
+
+def test_unknown_host_key_is_refused(ssh_server: tuple[int, paramiko.PKey, Path], tmp_path: Path) -> None:
+    port, host_key, client = ssh_server
+    known = _empty(tmp_path / "kh")
+    with pytest.raises(HarnessError) as refused:
+        ssh.connect(ssh.SshAddress("root", "127.0.0.1", port), client, known, timeout=10)
+    text = str(refused.value)
+    assert "is not in" in text and "refused" in text and host_key.fingerprint in text
+    assert known.read_text() == ""  # never added
+
+
+def test_changed_host_key_is_refused(ssh_server: tuple[int, paramiko.PKey, Path], tmp_path: Path) -> None:
+    port, host_key, client = ssh_server
+    other = paramiko.RSAKey.generate(2048)
+    known = _known_hosts(tmp_path / "kh", port, other)
+    with pytest.raises(HarnessError) as refused:
+        ssh.connect(ssh.SshAddress("root", "127.0.0.1", port), client, known, timeout=10)
+    text = str(refused.value)
+    assert "host key changed" in text and other.fingerprint in text and host_key.fingerprint in text
+
+
+def test_wrong_identity_is_refused(ssh_server: tuple[int, paramiko.PKey, Path], tmp_path: Path) -> None:
+    port, host_key, _ = ssh_server
+    stranger = tmp_path / "stranger"
+    _write_rsa(stranger)
+    with pytest.raises(HarnessError, match="authentication as root failed"):
+        ssh.connect(ssh.SshAddress("root", "127.0.0.1", port), stranger,
+                    _known_hosts(tmp_path / "kh", port, host_key), timeout=10)
+
+
+# -- against OpenSSH's sshd in a QEMU guest (Debian's x86_64 kernel) ---------------------------------
+
+
+class SshdGuest:
+    def __init__(self, port: int, keys: guest_vm.Keys, known_hosts: Path, plan_args: list[str]) -> None:
+        self.port, self.keys, self.known_hosts, self.plan_args = port, keys, known_hosts, plan_args
+
+    @property
+    def root(self) -> str:
+        return f"ssh://root@127.0.0.1:{self.port}"
+
+    def settings(self) -> dict[str, str]:
+        """The guest's huge page settings and sysctl, read over a connection of the test's own."""
+        client = ssh.connect(ssh.parse_address(self.root), self.keys.client, self.known_hosts)
+        try:
+            return ssh.parse_settings(ssh.Remote(client).check(ssh.SAVE, "reading the settings"))
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def sshd_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdGuest]:
+    image = guest_vm.ensure_image()
+    scratch = tmp_path_factory.mktemp("sshd-guest")
+    keys = guest_vm.make_keys(scratch / "keys")
+    profile = qemu.boot_profile(guest_vm.PROFILE, images.prepare(image.kernel, guest_vm.PROFILE))
+    # The QEMU target's own command line for HVO on (make_plan), without the plan's hvo.* words:
+    # the SSH target finds the same boot-time pages, so every scenario can be compared.
+    plan_args = [a for a in make_plan(profile, 4096, "on").kernel_args() if not a.startswith("hvo.")]
+    with guest_memory.reserve(profile.memory_mib), \
+            guest_vm.running(image, keys, plan_args, scratch) as guest:
+        known = scratch / "known_hosts"
+        known.write_text(guest_vm.known_hosts_line(keys, guest.port))
+        yield SshdGuest(guest.port, keys, known, plan_args)
+
+
+def _ssh_run(guest: SshdGuest, out: Path, *extra: str, address: str | None = None,
+             key: Path | None = None) -> tuple[int, str]:
+    proc = run_cli("run", "--target", address or guest.root, "--identity", str(key or guest.keys.client),
+                   "--known-hosts", str(guest.known_hosts), "--out", str(out), *extra, timeout=900)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.boot
+def test_ssh_target_agrees_with_the_qemu_target(sshd_guest: SshdGuest, hvo_boot: Callable[..., Run],
+                                                tmp_path: Path) -> None:
+    before = sshd_guest.settings()
+    status, stderr = _ssh_run(sshd_guest, tmp_path / "ssh")
+    assert status == 0, stderr
+    document = json.loads((tmp_path / "ssh" / "results.json").read_text())
+    results.validate(document)
+    ssh_results = results.from_json(document)
+    run = ssh_results.runs[0]
+    assert run.target is not None and run.target["type"] == "ssh" and run.target["restored"] is True
+    assert run.target["not_restored"] == [] and run.kernel.source["type"] == "running"
+    assert run.hvo.requested == "on" and run.hvo.state == "active", run.hvo
+    assert run.kernel.struct_page and run.kernel.struct_page["size"] == 64
+    # What it saved is every setting there is, and nothing it changed is left changed.
+    assert run.target["saved"] == before and ssh.SYSCTL in before
+    assert sshd_guest.settings() == before
+    runtime = [s for s in run.scenarios if s.mode == "runtime"]
+    assert {s.hvo for s in runtime} == {"on", "off"}
+    assert any(s.status == "pass" for s in runtime)
+
+    # The QEMU target: the same kernel (Debian sid's), the same HVO setting.
+    qemu_run = hvo_boot("x86_64", "on")
+    assert qemu_run.kernel.release == run.kernel.release
+    base = tmp_path / "qemu.json"
+    Results(runs=[qemu_run], harness_version="test").write(base)
+    compared = run_cli("compare", str(base), str(tmp_path / "ssh" / "results.json"))
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    assert "result: no regressions" in compared.stdout
+    by_name = {s.name: s for s in qemu_run.scenarios}
+    for scenario in runtime:
+        assert scenario.status == by_name[scenario.name].status, scenario.name
+        assert scenario.vmemmap.measured_kib_per_page == by_name[scenario.name].vmemmap.measured_kib_per_page
+
+
+@pytest.mark.boot
+def test_sshd_guest_host_key_checks(sshd_guest: SshdGuest, tmp_path: Path) -> None:
+    # Another ed25519 host key (the guest's type) under the guest's name: a changed key.
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(guest_vm.known_hosts_line(guest_vm.make_keys(tmp_path / "stranger"), sshd_guest.port))
+    for known, words in ((wrong, "host key changed"), (_empty(tmp_path / "empty"), "is not in")):
+        proc = run_cli("run", "--target", sshd_guest.root, "--identity", str(sshd_guest.keys.client),
+                       "--known-hosts", str(known), "--out", str(tmp_path / "out"))
+        line = one_error_line(proc)
+        assert words in line and "refused" in line, line
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.boot
+def test_sshd_guest_non_root_is_refused(sshd_guest: SshdGuest, tmp_path: Path) -> None:
+    proc = run_cli("run", "--target", f"ssh://user@127.0.0.1:{sshd_guest.port}", "--identity",
+                   str(sshd_guest.keys.user_key), "--known-hosts", str(sshd_guest.known_hosts),
+                   "--out", str(tmp_path))
+    line = one_error_line(proc)
+    assert "is not root" in line and "ssh://root@HOST" in line
+
+
+@pytest.mark.boot
+def test_dropped_connection_is_restored_on_reconnect(sshd_guest: SshdGuest, tmp_path: Path) -> None:
+    before = sshd_guest.settings()
+    target = ssh.SshTarget(ssh.parse_address(sshd_guest.root), sshd_guest.keys.client,
+                           sshd_guest.known_hosts, reconnect_seconds=30)
+    dropped = threading.Event()
+
+    def drop(running: ssh.SshTarget) -> None:
+        # Mid-run: the scenarios have started allocating; the connection goes away under them.
+        def later() -> None:
+            time.sleep(4)
+            assert running.remote is not None
+            running.remote.client.get_transport().close()  # type: ignore[union-attr]
+            dropped.set()
+
+        threading.Thread(target=later, daemon=True).start()
+
+    target.on_started = drop
+    out = tmp_path / "out"
+    got = ssh.run_ssh(target.address, target.identity, target.known_hosts, out, target=target)
+    assert dropped.is_set()
+    run = got.runs[0]
+    assert run.ended == "connection-lost", run.verdict_reason
+    assert run.target is not None and run.target["reconnected"] is True
+    assert run.target["restored"] is True and run.target["not_restored"] == []
+    # The kernel lived on: the network failed, not the kernel; never a pass.
+    assert run.verdict == "error" and "same boot_id" in run.verdict_reason
+    assert sshd_guest.settings() == before
+
+
+@pytest.mark.boot
+def test_sigterm_mid_run_restores_the_target(sshd_guest: SshdGuest, tmp_path: Path) -> None:
+    before = sshd_guest.settings()
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*HARNESS, "run", "--target", sshd_guest.root, "--identity", str(sshd_guest.keys.client),
+         "--known-hosts", str(sshd_guest.known_hosts), "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "running the scenarios" in line:
+            break
+    # The scenarios are allocating pages on the target when SIGTERM comes.
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    document = json.loads((out / "results.json").read_text())
+    results.validate(document)
+    assert document["complete"] is False and "SIGTERM" in document["partial_reason"]
+    run = document["runs"][0]
+    assert run["ended"] == "interrupted" and run["verdict"] == "error"
+    assert run["target"]["restored"] is True and run["target"]["not_restored"] == []
+    assert sshd_guest.settings() == before
