@@ -376,6 +376,25 @@ _DEBUG_LOCKS_RE = re.compile(r"\bDEBUG_LOCKS_WARN_ON\(")
 # "list_del corruption. prev->next should be %px, but was %px. (prev=%px)".
 _LIST_CORRUPTION_RE = re.compile(r"\blist_(?:add|del) corruption[.,] |\blist_add double add: ")
 
+# mm/debug.c dump_page(): __dump_page() "page does not match folio" (the snapshot of a page
+# whose folio is not consistent), then __dump_folio() "page: refcount:%d mapcount:%d
+# mapping:%p index:%#lx pfn:%#lx" (before 5.x "page:%px refcount:..." / "page:%p count:%d
+# mapcount:%d mapping:%p index:%#lx"), or "page:%p is uninitialized and poisoned"; then "head:",
+# "memcg:", "[anon |ksm ]flags:", "page_type:", "raw:" lines and "page dumped because: %s". A
+# report prints it inside its block (bad_page()'s "BUG: Bad page state") or just before its
+# header (VM_BUG_ON_PAGE(), VM_WARN_ON_ONCE_PAGE(): dump_page(), then BUG()/WARN()); one with
+# no report around it (the kernel hung or faulted before the header) is a finding of its own.
+_PAGE_DUMP_RE = re.compile(
+    r"^(?:page does not match folio\s*$|page:\s?(?:[0-9a-fA-Fx]+ )?(?:refcount|count):-?\d+ mapcount:"
+    r"|page:[0-9a-fA-Fx]+ is uninitialized and poisoned)"
+)
+_PAGE_DUMP_BODY_RE = re.compile(
+    r"^(?:page:|head: |memcg:|(?:anon |ksm )?flags: |page_type: |raw: |page dumped because: "
+    r"|aops:|ino:|page_owner |\s*(?:PFN|page last |prep_new_page|get_page_from_freelist))"
+)
+# Lines a report's header may follow the page dump it starts with by (VM_BUG_ON_PAGE()'s).
+PAGE_DUMP_LOOKAHEAD = 40
+
 # mm/page_alloc.c warn_alloc(): "%s: %pV, mode:%#x(%pGg), nodemask=%*pbl" (+ cpuset, mems) and
 # then dump_stack() and show_mem(), from __alloc_pages_slowpath() "page allocation failure:
 # order:%u", mm/sparse-vmemmap.c "vmemmap alloc failure: order:%u" and mm/vmalloc.c "vmalloc
@@ -426,7 +445,7 @@ _TASK_END_RE = re.compile(r"</TASK>")
 _ANY_RE = re.compile(
     r"BUG|WARN|Oops|\[#\d|Kernel panic|cut here|end trace|Unable to handle|INFO: |UBSAN"
     r"|LOCKUP|PANIC|Internal error|list_(?:add|del) |alloc(?:ation)? failure|vmalloc error"
-    r"|oom-killer|ut of memory"
+    r"|oom-killer|ut of memory|page:|page does not match folio"
 )
 
 
@@ -532,6 +551,8 @@ def _classify(msg: str) -> _Hit | None:
         return _Hit("verdict", "oom")
     if _LIST_CORRUPTION_RE.search(msg):
         return _Hit("note", "list-corruption")
+    if _PAGE_DUMP_RE.match(msg):
+        return _Hit("note", "page-dump")
     if _DEBUG_LOCKS_RE.search(msg):
         return _Hit("note", "warn")
     m = _WARN_TEXT_RE.search(msg)
@@ -655,6 +676,23 @@ def _find_end(ev: _Event, lines: list[_Line], hits: dict[int, _Hit], limit: int)
         return ev.header
     first = (ev.die if ev.die is not None else ev.header) + 1
     limit = min(limit, ev.header + SCAN_LIMIT)
+    if ev.kind == "page-dump":
+        # The dump's own lines, up to its "page dumped because:" (and a trace if one follows).
+        last = ev.header
+        seen_page_line = lines[ev.header].msg.startswith("page:")
+        for j in range(first, min(limit, ev.header + EXCERPT_MAX_LINES)):
+            msg = lines[j].msg
+            if not _PAGE_DUMP_BODY_RE.match(msg):
+                break
+            if _PAGE_DUMP_RE.match(msg):
+                if seen_page_line or not msg.startswith("page:"):
+                    break  # the next dump
+                seen_page_line = True
+            last = j
+        for j in range(last + 1, min(limit, last + 1 + NOTE_TRACE_LOOKAHEAD)):
+            if _CALL_TRACE_RE.search(lines[j].msg):
+                return _trace_end(lines, j, limit)
+        return last
     if ev.short:
         for j in range(first, min(limit, first + NOTE_TRACE_LOOKAHEAD)):
             if _CALL_TRACE_RE.search(lines[j].msg):
@@ -739,19 +777,28 @@ def _take_in(events: list[_Event], hits: dict[int, _Hit]) -> list[_Event]:
                 continue
             k = bisect.bisect_right(starts, i)
             nxt = events[k] if k < len(events) else None
+            leads = (
+                (hit.kind == "list-corruption" and nxt is not None and nxt.kind == "bug"
+                 and nxt.start - i <= CUT_LOOKBACK)
+                or (hit.kind == "page-dump" and nxt is not None and nxt.kind in ("bug", "warn")
+                    and nxt.start - i <= PAGE_DUMP_LOOKAHEAD)
+            )
             if (
-                hit.kind == "list-corruption"
+                leads
                 and nxt is not None
                 and nxt.trap
-                and nxt.kind == "bug"
-                and nxt.start - i <= CUT_LOOKBACK
                 and not any(_is_marker(hits, j) for j in range(i + 1, nxt.start))
             ):
                 nxt.lead = i if nxt.lead is None else min(nxt.lead, i)
                 continue
+            if hit.kind == "page-dump" and own and own[-1].kind == "page-dump" and own[-1].end >= i - 1:
+                # The same dump's next line ("page does not match folio", then "page: ..."):
+                # one finding, its block grown to it.
+                own[-1].end = i
+                continue
         else:
             continue
-        own.append(_Event(hit.kind, i, function=hit.function, short=True))
+        own.append(_Event(hit.kind, i, function=hit.function, short=True, end=i))
     for ev in own:
         hits[ev.header] = _Hit("event", ev.kind, function=ev.function)
     return own

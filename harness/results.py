@@ -21,6 +21,9 @@ from harness.errors import HarnessError
 
 SCHEMA_ID = "hvo-harness/1"
 _TIMESTAMP = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]\s*(?:\[\s*[CT]\d+\]\s*)?")
+# mm/debug.c dump_page()'s lines (harness/dmesg.py _PAGE_DUMP_BODY_RE reads them in a log).
+_PAGE_DUMP_LINES = ("page does not match folio", "page:", "head: ", "memcg:", "flags: ", "anon flags: ",
+                    "ksm flags: ", "page_type: ", "raw: ", "page dumped because: ")
 
 Status = Literal["pass", "fail", "skip"]
 # "skip": the boot was not made, with a reason (e.g. the Debian suite asked for has no kernel
@@ -76,6 +79,10 @@ class Finding:
             lines = [ln for ln in lines if "Kernel panic" in ln] or lines
         for line in lines:
             text = _TIMESTAMP.sub("", line).strip()
+            # A VM_BUG_ON_PAGE()'s excerpt starts with the page it dumped: its headline is
+            # the BUG after the dump.
+            if self.kind != "page-dump" and text.startswith(_PAGE_DUMP_LINES):
+                continue
             if text and "cut here" not in text:
                 return text
         return self.kind

@@ -354,6 +354,49 @@ def test_list_corruption_as_a_warn_is_the_warn() -> None:
     assert LIST_DEL in finding.excerpt
 
 
+# mm/debug.c dump_page() in 7.2: __dump_page() and __dump_folio() lines, then its reason.
+PAGE_DUMP = (
+    "page does not match folio",
+    "page: refcount:0 mapcount:0 mapping:0000000000000000 index:0x0 pfn:0x1f3c0",
+    "flags: 0x0(zone=0)",
+    "raw: 0000000000000000 9000000001e7f008 9000000001e7f008 0000000000000000",
+    "raw: 0000000000000000 0000000000000000 00000000ffffffff 0000000000000000",
+)
+
+
+def test_a_page_dump_with_no_report_around_it_is_a_finding() -> None:
+    """A kernel that dumps pages and hangs before any BUG/WARN header (docs/findings.md #4,
+    loongarch64 4K with 4 levels, HVO on): the dumps are the kernel's report, one finding per
+    dump, each with its lines."""
+    report = dmesg.parse(console(*BOOT_LINES[:2], *PAGE_DUMP, *PAGE_DUMP[1:], "random: crng init done"))
+    assert [f.kind for f in report.findings] == ["page-dump", "page-dump"]
+    first, second = report.findings
+    assert first.headline() == "page does not match folio"
+    assert all(line in first.excerpt for line in PAGE_DUMP)
+    assert second.headline().startswith("page: refcount:0 mapcount:0") and "crng" not in second.excerpt
+
+
+def test_a_page_dump_before_vm_bug_on_page_is_the_bug() -> None:
+    """VM_BUG_ON_PAGE(): dump_page(page, "VM_BUG_ON_PAGE(...)") and then BUG(): one finding,
+    the BUG, whose excerpt starts with the dump."""
+    report = dmesg.parse(console(
+        *BOOT_LINES[:2], *PAGE_DUMP[1:], "page dumped because: VM_BUG_ON_PAGE(page->compound_info & 1)",
+        "------------[ cut here ]------------", "kernel BUG at include/linux/page-flags.h:345!",
+        "Oops - BUG[#1]:", "CPU: 1 UID: 0 PID: 97 Comm: sh Not tainted 7.2.13+ #1 PREEMPT",
+        "ERA: 90000000002f8a10 kmem_cache_free+0x3d0/0x3e0",
+        "---[ end trace 0000000000000000 ]---",
+    ))
+    [finding] = report.findings
+    assert (finding.kind, finding.file, finding.line) == ("bug", "include/linux/page-flags.h", 345)
+    assert finding.headline() == "kernel BUG at include/linux/page-flags.h:345!"
+    assert finding.excerpt.splitlines()[0].endswith(PAGE_DUMP[1]) and "page dumped because" in finding.excerpt
+
+
+def test_a_page_dump_inside_bad_page_state_is_that_report() -> None:
+    report = dmesg.parse(read("x86_64-7.2.13-hvo-on-4G-nodes.console.log"))
+    assert {f.kind for f in report.findings} == {"bug"}
+
+
 # --- hostile console text -------------------------------------------------------------------
 
 
