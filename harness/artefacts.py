@@ -484,6 +484,41 @@ def _run_dpkg_deb(deb: Path, into: Path) -> None:
         raise HarnessError(f"dpkg-deb -x {deb.name} failed: {reason}: install dpkg and retry")
 
 
+@dataclass(frozen=True)
+class UnpackedPackage:
+    """A Debian package unpacked in the cache (ensure_package)."""
+
+    package: DebianPackage
+    path: Path  # the unpacked tree (dpkg-deb -x)
+    record: Deb822  # its index record: Depends, Pre-Depends, SHA256, ...
+
+
+def ensure_package(name: str, arch: str, version: str | None = None, *, suite: str = SUITE,
+                   progress: Progress | None = None) -> UnpackedPackage:
+    """NAME:ARCH (a Debian arch, 'amd64'), SUITE's newest or exactly VERSION from any suite
+    the private apt state has, downloaded, checked against the index's sha256 and unpacked
+    into the package cache once. Resolved in the package lists at hand; only when they lack
+    it are they updated (once per process) and it is resolved again, so a filled cache needs
+    no network. Raises HarnessError naming the package when Debian has no such one."""
+    apt = _Apt(_say(progress))
+
+    def resolve() -> Deb822 | None:
+        if version is None:
+            return apt.candidate(name, arch, suite)
+        return apt.record(name, arch, version)
+
+    record = None if not any((apt.root / "lists").glob("*Packages*")) else resolve()
+    if record is None:
+        apt.update()
+        record = resolve()
+    if record is None:
+        where = f"no {name}:{arch} {version}" if version else f"Debian {suite} has no {name}:{arch}"
+        raise HarnessError(f"{where} ({', '.join(SUITES)} through the harness's apt state): check "
+                           f"the name with `apt-cache -c {apt.root / 'apt.conf'} madison {name}:{arch}`")
+    package, path = _unpacked_package(apt, name, arch, record)
+    return UnpackedPackage(package, path, record)
+
+
 # --------------------------------------------------------------------------------------------
 # The kernel
 

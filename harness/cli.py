@@ -357,11 +357,13 @@ def _check_out_dir(out_dir: Path) -> None:
                            "give a writable directory") from None
 
 
-# What a run writes into --out (pipeline.boot: '<arch>[-<variant>]-hvo-<on|off>.<kind>'), and
-# only that: anything else a user keeps there is not the harness's to move.
+# What a run writes into --out (pipeline.boot: '<arch>[-<variant>]-hvo-<on|off>.<kind>'; an SSH
+# run, '<arch>-ssh-<host>-hvo-<on|off>.<kind>'), and only that: anything else a user keeps there
+# is not the harness's to move. An SSH run's .ssh-state.json (the target's settings as they were,
+# kept while not restored) goes with its run: the next run would otherwise write its own over it.
 _RUN_FILE = re.compile(
     rf"(?:{'|'.join(map(re.escape, ARCH_NAMES))})(?:-[A-Za-z0-9_.+-]+)?-hvo-(?:on|off)"
-    r"\.(?:console\.log|results\.ktap|dmesg\.log|kernel\.log|qemu\.sh|vng\.sh)"
+    r"\.(?:console\.log|results\.ktap|dmesg\.log|kernel\.log|qemu\.sh|vng\.sh|ssh-state\.json)"
 )
 # Directories a run writes whole: reproducer bundles (bundle.py) and triage boots (triage.py).
 # A bundle left from an earlier run would stand for a boot that this run may have passed.

@@ -27,8 +27,8 @@ INIT_DONE = b"hvo-init: done"
 PANIC = re.compile(rb"Kernel panic - not syncing|Attempted to kill init")
 PANIC_TRACE_END = re.compile(rb"---\[ end Kernel panic")
 # QEMU stopped the guest's vCPU (KVM could not run it): the guest never goes on; end it after
-# KVM_STOP_GRACE_SECONDS of the register dump that follows (pipeline.boot boots it again
-# under TCG).
+# KVM_STOP_GRACE_SECONDS of the register dump that follows (the QEMU target,
+# harness/targets/qemu.py, boots it again under TCG).
 KVM_STOPPED = re.compile(rb"KVM internal error")
 KVM_STOP_GRACE_SECONDS = 1.0
 # How long to keep reading after a panic line, for the trace that follows it.

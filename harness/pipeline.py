@@ -4,10 +4,8 @@ One function per stage boundary; the CLI, the tests and later runners only call 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import platform
-import shlex
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,18 +14,12 @@ from pathlib import Path
 
 from harness import (
     __version__,
-    annotate,
     artefacts,
-    bundle,
-    guest,
     guest_helper,
     images,
     initramfs,
-    judge,
     kbuild,
     kconfig,
-    kmsg,
-    protocol,
     qemu,
     structpage,
     trees,
@@ -37,9 +29,21 @@ from harness.errors import HarnessError, KernelUnavailable
 from harness.plan import make_plan
 from harness.profiles import ARCH_NAMES, ArchProfile, get_profile
 from harness.results import Accel, Hvo, KernelInfo, Results, Run
+from harness.targets import Target, judged_run
+from harness.targets.qemu import QemuTarget
+
+# The boot stages live in the QEMU target now; lava, the pytest plugin and the tests call them
+# as pipeline.* still (re-exported).
+from harness.targets.qemu import boot_stem as boot_stem
+from harness.targets.qemu import kernel_facts as kernel_facts
+from harness.targets.qemu import read_kernel_log as read_kernel_log
+from harness.targets.qemu import read_results as read_results
+from harness.targets.vng import VngTarget
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT = 300.0
+# The targets that boot a kernel the pipeline prepared, by --backend name (vng.BACKENDS).
+BOOT_TARGETS: dict[str, type[QemuTarget]] = {"qemu": QemuTarget, "vng": VngTarget}
 
 
 @dataclass(frozen=True)
@@ -241,26 +245,6 @@ def prepare_environment(profile: ArchProfile, want_kvm: bool = True) -> GuestEnv
                             busybox.path, helper)
 
 
-def kernel_facts(profile: ArchProfile, kernel: PreparedKernel) -> judge.KernelFacts:
-    config = kernel.config or {}
-    page_size = kconfig.page_size(config) or min(profile.huge_sizes_by_page_size)
-    hvo_built = None
-    if kernel.config is not None:
-        hvo_built = config.get("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP") == "y"
-    # Measured where the kernel was prepared; a kernel prepared elsewhere (repro's) is measured
-    # here, once: its info then carries it into the results.
-    if kernel.info.struct_page is None:
-        structpage.fill(profile, kernel.image, kernel.info, kernel.config)
-    return judge.KernelFacts(page_size, structpage.StructPage.from_json(kernel.info.struct_page), hvo_built)
-
-
-def boot_stem(profile: ArchProfile, kernel: PreparedKernel | UnavailableKernel, hvo: str) -> str:
-    """The name of a boot's files in --out: '<arch>[-<kernel label>][-<variant>]-hvo-<on|off>'
-    ('x86_64-trixie-hvo-on' in a release matrix, 'riscv64-debug-hvo-on' for a tree build)."""
-    parts = [profile.name, kernel.file_label, kernel.variant, "hvo", hvo]
-    return "-".join(part for part in parts if part)
-
-
 def skipped_run(profile: ArchProfile, kernel: UnavailableKernel, hvo: str) -> Run:
     """The record of a boot that cannot be made because its kernel does not exist for the arch:
     verdict "skip" with the reason; no boot, no scenarios, no logs."""
@@ -295,139 +279,38 @@ def boot(
 ) -> Run:
     """One boot with hugetlb_free_vmemmap=<hvo>: all its scenarios, judged.
 
-    backend: "qemu" (QEMU with the initramfs) or "vng" (virtme-ng on the host's userspace,
-    vng.py): the same guest scripts, results channel and judging."""
-    arch_profile = profile
-    # KVM that stopped an earlier boot of this arch is not tried again (qemu.accel_now).
-    # and KVM is used only once it has booted this kernel (qemu.confirm_kvm).
-    if backend == "qemu" and env.accel.used == "kvm":
-        confirmed = qemu.confirm_kvm(profile, kernel.image.path, env.accel)
-    else:
-        confirmed = qemu.accel_now(profile, env.accel)
-    if env.accel != confirmed:
-        env = dataclasses.replace(env, accel=confirmed)
-    # Through firmware or directly, as the image's format boots, with that boot's NUMA nodes.
-    profile = qemu.boot_profile(profile, kernel.image)
-    facts = kernel_facts(profile, kernel)
-    plan = make_plan(profile, facts.page_size, hvo)
-    stem = boot_stem(profile, kernel, hvo)
-    console_log = out_dir / f"{stem}.console.log"
-    files = qemu.GuestFiles(
-        kernel.image.path, env.initramfs, out_dir / f"{stem}.results.ktap", out_dir / f"{stem}.dmesg.log"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (files.results, files.dmesg):
-        stale.unlink(missing_ok=True)
-    cmdline = qemu.kernel_cmdline(profile, *plan.kernel_args(), append)
-    if backend == "vng":
-        vng.check_kernel(profile, kernel.config, kernel.variant)
-        assert env.busybox is not None and env.helper is not None
-        argv = vng.build_argv(profile, files, cmdline, env.accel, env.busybox, env.helper)
-    else:
-        argv = qemu.build_argv(profile, files, cmdline, env.accel)
-    (out_dir / f"{stem}.{backend}.sh").write_text(
-        "#!/bin/sh\n# Reproduce this boot by hand (the console is on stdio).\n"
-        + shlex.join(argv) + "\n"
-    )
-    if progress:
-        via = f"{env.accel.used}, vng" if backend == "vng" else env.accel.used
-        name = f"{profile.name} {kernel.file_label}" if kernel.file_label else profile.name
-        progress(f"{name}: booting with hugetlb_free_vmemmap={hvo} ({via})")
-    outcome = guest.run(argv, console_log, timeout, stop=stop)
-    console = _read_text(console_log)
-    stopped_by_kvm = qemu.kvm_boot_failure(console) if env.accel.used == "kvm" else None
-    if stopped_by_kvm is not None and not (stop and stop.is_set()):
-        # The probe let KVM through, and KVM then stopped the guest: an emulator failure, not
-        # the kernel's. Boot again under TCG (the reason goes into the run's accel) rather
-        # than call the kernel hung or failed.
-        if progress:
-            progress(f"{stem}: {stopped_by_kvm}: KVM cannot run this guest here; booting under TCG")
-        tcg = dataclasses.replace(env, accel=qemu.kvm_failed_in_boot(arch_profile, stopped_by_kvm))
-        return boot(arch_profile, kernel, tcg, hvo, out_dir, append, timeout, progress, stop, backend)
-    report, channel = read_results(_read_text(files.results), console)
-    log = read_kernel_log(_read_text(files.dmesg), console)
-    kernel_log = out_dir / f"{stem}.kernel.log"
-    # A full disk is reported by the results write that follows.
-    with contextlib.suppress(OSError):
-        kernel_log.write_text(log.text)
-    verdict = judge.judge(profile, plan, facts, log, report, outcome)
-    # Which statement each finding is (from the kernel's source) and its decoded trace (from
-    # its vmlinux): a tree build's tree and O= directory, a Debian kernel's linux-source and
-    # -dbg package (fetched once, only for a finding with a trace).
-    findings = annotate.findings_of_boot(kernel.info, log.text, verdict.findings, progress)
-    run = Run(
-        arch=profile.name,
-        variant=kernel.variant,
-        kernel=kernel.info,
-        accel=Accel(env.accel.used, env.accel.kvm_reason),  # type: ignore[arg-type]
-        cmdline=cmdline,
-        boot_seconds=round(outcome.boot_seconds, 2) if outcome.boot_seconds else None,
-        verdict=verdict.verdict,  # type: ignore[arg-type]
-        hvo=verdict.hvo,
-        findings=findings,
-        scenarios=verdict.scenarios,
-        console_log=str(console_log),
-        verdict_reason=verdict.verdict_reason,
-        ended=outcome.ended,
-        qemu_argv=argv,
-        results_log=str(files.results),
-        hugetlb={
-            "registered": verdict.hugetlb.registered,
-            "freeable_kib": verdict.hugetlb.freeable_kib,
-            "unsupported": verdict.hugetlb.unsupported,
-            "allocation_failures": verdict.hugetlb.allocation_failures,
-            "page_size": facts.page_size,
-            "guest_env": report.env,
-            "seconds": round(outcome.seconds, 2),
-            "results_channel": channel,
-            "results_garbled": report.garbled,
-            "backend": backend,
-            "kernel_log": {"path": str(kernel_log), **log.as_dict()},
-            "qemu_exit": {"status": outcome.exit_status, "signal": outcome.exit_signal,
-                          "console_bytes": outcome.console_bytes},
-        },
-    )
+    backend: the booting target (BOOT_TARGETS): "qemu" (QEMU with the initramfs,
+    harness/targets/qemu.py) or "vng" (virtme-ng on the host's userspace, harness/targets/vng.py):
+    the same guest scripts, results channel and judging (run_target)."""
+    if backend not in BOOT_TARGETS:
+        vng.check_backend(backend, [profile], True)  # the one error line naming the backends
+    target = BOOT_TARGETS[backend](profile, kernel, env, hvo, append, timeout, progress)
+    return run_target(target, out_dir, progress, stop)
+
+
+def run_target(target: Target, out_dir: Path, progress: Progress | None = None,
+               stop: threading.Event | None = None) -> Run:
+    """The plan run on TARGET and judged: prepare, plan, run, judge (targets.judged_run), and
+    for a boot judged fail or error the target's reproducer (Run.repro). Nothing here asks
+    which target it is."""
+    facts = target.prepare()
+    plan = make_plan(facts.profile, facts.facts.page_size, facts.hvo)
+    output = target.run(plan, facts, out_dir, stop)
+    run = judged_run(target.name, facts, plan, output, progress)
     if run.verdict in ("fail", "error"):
         # Every failing boot gets a reproducer bundle at <out_dir>/repro/<stem>/, whoever
         # called boot (run, triage, bisect); Run.repro names it (harness/bundle.py).
-        record = bundle.BootRecord(stem, profile, kernel, env, hvo, append, timeout, backend, cmdline,
-                                   argv, files, console_log, kernel_log)
         try:
-            run.repro = str(bundle.write(record, run, out_dir))
+            repro = target.reproducer(run, out_dir)
         except OSError as error:
             # The boot's own results matter more than its bundle: say why there is none.
             run.hugetlb["repro_error"] = f"cannot write the reproducer bundle: {error.strerror or error}"
             if progress:
+                stem = Path(run.console_log).name.removesuffix(".console.log")
                 progress(f"{stem}: {run.hugetlb['repro_error']}")
+        else:
+            run.repro = str(repro) if repro is not None else None
     return run
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def read_results(port_text: str, console: str) -> tuple[protocol.GuestReport, str]:
-    """The guest's report: from the results port, or, where the guest has none, from the
-    console, where only framed lines whose CRC holds are taken (kernel text can cut into a
-    line on a shared console; such a line is dropped and counted, never half read)."""
-    report = protocol.parse(port_text)
-    if report.env or "hvo-init: error: no virtio-serial port" not in console:
-        return report, "virtio-serial"
-    lines, missing = kmsg.numbered_lines(console, kmsg.RESULT_TAG)
-    report = protocol.parse("\n".join(lines))
-    report.garbled = len(missing)
-    return report, "console (no virtio-serial port in the guest)"
-
-
-def read_kernel_log(port_text: str, console: str) -> kmsg.KernelLog:
-    """The kernel log to judge: the guest's /dev/kmsg stream (from the dmesg port, else framed
-    on the console) merged with the console."""
-    stream = kmsg.parse_stream(port_text, framed=False) if port_text.strip() else \
-        kmsg.parse_stream(console, framed=True)
-    return kmsg.merge(console, stream)
 
 
 def new_results() -> Results:

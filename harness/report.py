@@ -105,12 +105,22 @@ def run_summaries(results: Results) -> list[str]:
 
 
 def boot_facts(run: Run) -> str:
-    """The kernel, HVO's state, the boot time and accelerator, and the console log: one
-    paragraph, wrapped by the caller."""
+    """The kernel, HVO's state, the boot time and accelerator (or, for a kernel the harness did
+    not boot, the target it ran on and whether its settings were put back), and the console
+    log: one paragraph, wrapped by the caller."""
     accel = run.accel.used + (f" ({run.accel.kvm_reason})" if run.accel.kvm_reason else "")
+    how = f"boot {run.boot_seconds} s, ended {run.ended}, accel {accel}"
+    target = run.target or {}
+    if target.get("address"):
+        # Run.target: a machine that was running already (harness/targets/), no boot time.
+        how = f"target {target.get('type')} {target['address']} (its running kernel), ended {run.ended}"
+        wrong = target.get("not_restored") or []
+        if wrong:
+            how += f", settings NOT restored ({len(wrong)} setting{'s' if len(wrong) != 1 else ''})"
+        elif target.get("restored"):
+            how += ", settings restored"
     return (f"kernel {_kernel_cell(run)} ({run.kernel.release or 'release unknown'}); "
-            f"HVO {run.hvo.state}: {run.hvo.reason}; boot {run.boot_seconds} s, ended {run.ended}, "
-            f"accel {accel}; console {run.console_log}")
+            f"HVO {run.hvo.state}: {run.hvo.reason}; {how}; console {run.console_log}")
 
 
 def statement_lines(finding: Finding, limit: int | None = _STATEMENT_LINES) -> list[str]:

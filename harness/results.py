@@ -185,7 +185,9 @@ class Run:
     # Why the verdict is what it is, one line ("guest panicked", "timeout after 300 s", ...).
     verdict_reason: str = ""
     # How the guest ended (guest.GuestOutcome): "done" | "panic" | "timeout" | "exited" |
-    # "signalled" | "flood" | "log-error" | "interrupted".
+    # "signalled" | "flood" | "log-error" | "interrupted" | "kvm-stopped"; "not-booted" for a
+    # skipped run (pipeline.skipped_run); "connection-lost" when an SSH target's connection
+    # dropped mid-run (harness/targets/ssh.py).
     ended: str = "done"
     qemu_argv: list[str] = field(default_factory=list)
     results_log: str | None = None

@@ -102,20 +102,14 @@ class SshdGuestImage:
     config: Path
 
 
-def _apt() -> artefacts._Apt:
-    # The harness's private apt state (sid's lists, as for busybox and the kernel).
-    return artefacts._Apt(lambda text: print(f"> {text}", flush=True))
+def _say(text: str) -> None:
+    print(f"> {text}", flush=True)
 
 
-def _fetch(apt: artefacts._Apt, name: str, version: str | None = None) -> Path:
-    """NAME:amd64 (sid's newest, or VERSION) unpacked into the harness's package cache."""
-    if version is None:
-        record = apt.candidate(name, DEBIAN_ARCH, artefacts.SUITE)
-    else:
-        record = apt.record(name, DEBIAN_ARCH, version)
-    if record is None:
-        raise HarnessError(f"Debian {artefacts.SUITE} has no {name}:{DEBIAN_ARCH} {version or ''}")
-    return artefacts._unpacked_package(apt, name, DEBIAN_ARCH, record)[1]
+def _fetch(name: str, version: str | None = None) -> artefacts.UnpackedPackage:
+    """NAME:amd64 (sid's newest, or VERSION) unpacked into the harness's package cache, through
+    its private apt state (sid's lists, as for busybox and the kernel)."""
+    return artefacts.ensure_package(name, DEBIAN_ARCH, version, progress=_say)
 
 
 def _needed(path: Path) -> list[str]:
@@ -125,38 +119,36 @@ def _needed(path: Path) -> list[str]:
             if "(NEEDED)" in line]
 
 
-def _depends(apt: artefacts._Apt, name: str) -> list[str]:
-    """The library packages NAME depends on (first alternative of each), from sid's index."""
-    record = apt.candidate(name, DEBIAN_ARCH, artefacts.SUITE)
-    if record is None:
-        return []
+def _depends(package: artefacts.UnpackedPackage) -> list[str]:
+    """The library packages PACKAGE depends on (first alternative of each), from its index record."""
     names = []
     for field in ("Pre-Depends", "Depends"):
-        for item in record.get(field, "").split(","):
+        for item in package.record.get(field, "").split(","):
             first = item.split("|")[0].strip().split(" ")[0].split(":")[0]
             if first.startswith("lib") or first == "zlib1g":
                 names.append(first)
     return names
 
 
-def _libraries(apt: artefacts._Apt, programs: dict[str, Path]) -> dict[str, Path]:
+def _libraries(sshd: artefacts.UnpackedPackage, programs: dict[str, Path]) -> dict[str, Path]:
     """soname -> file for every library the programs need, transitively: the packages named
     by openssh-server's library dependencies and theirs, until each DT_NEEDED is found."""
     found: dict[str, Path] = {}
-    queue = _depends(apt, "openssh-server")
+    queue = _depends(sshd)
     seen: set[str] = set()
     while queue:
         name = queue.pop(0)
         if name in seen:
             continue
         seen.add(name)
-        tree = _fetch(apt, name)
+        package = _fetch(name)
+        tree = package.path
         for directory in (tree / LIBDIR, tree / "lib/x86_64-linux-gnu", tree / "usr/lib64"):
             if directory.is_dir():
                 for lib in directory.iterdir():
                     if ".so" in lib.name and (lib.is_file() or lib.is_symlink()):
                         found.setdefault(lib.name, lib)
-        queue += _depends(apt, name)
+        queue += _depends(package)
     wanted: dict[str, Path] = {}
     todo = [soname for program in programs.values() for soname in _needed(program)]
     while todo:
@@ -187,8 +179,8 @@ def _module(tree: Path, release: str, relative: str) -> bytes:
 def ensure_image() -> SshdGuestImage:
     """Debian sid's x86_64 kernel and the sshd guest's base initramfs (built once)."""
     kernel = artefacts.ensure_debian_kernel(PROFILE)
-    apt = _apt()
-    sshd_tree = _fetch(apt, "openssh-server")
+    sshd = _fetch("openssh-server")
+    sshd_tree = sshd.path
     busybox = artefacts.ensure_busybox(PROFILE).path
     programs = {rel: sshd_tree / rel for rel in SSHD_PROGRAMS if (sshd_tree / rel).is_file()}
     if "usr/sbin/sshd" not in programs:
@@ -198,8 +190,7 @@ def ensure_image() -> SshdGuestImage:
                          + SSHD_CONFIG.encode()).hexdigest()[:20]
     out = cache_dir("sshd-guest") / f"sshd-guest-{key}.cpio"
     if not out.exists():
-        apt.update()
-        modules_tree = _fetch(apt, f"linux-modules-{kernel.release}", kernel.version)
+        modules_tree = _fetch(f"linux-modules-{kernel.release}", kernel.version).path
         files: dict[str, bytes] = {
             "init": INIT.encode(), "bin/busybox": busybox.read_bytes(),
             "etc/ssh/sshd_config": SSHD_CONFIG.encode(), "etc/passwd": PASSWD.encode(),
@@ -209,7 +200,7 @@ def ensure_image() -> SshdGuestImage:
         }
         for rel, path in programs.items():
             files[rel] = path.read_bytes()
-        for soname, path in _libraries(apt, programs).items():
+        for soname, path in _libraries(sshd, programs).items():
             files[f"{LIBDIR}/{soname}"] = path.read_bytes()
         for relative in MODULES:
             files[f"lib/hvo-modules/{Path(relative).name}"] = _module(modules_tree, kernel.release, relative)

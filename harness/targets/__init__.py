@@ -14,8 +14,9 @@ Targets today:
 - ssh.py: a machine that is already running, reached over SSH, whose own command line says
   what was allocated at boot.
 The booting targets (qemu, vng) put the plan on the kernel command line; pipeline.boot() makes
-them (BOOT_TARGETS) and runs each through pipeline.run_target(). Adding a target is adding a
-module here that satisfies Target.
+them (BOOT_TARGETS) and runs each through pipeline.run_target(); ssh.run_ssh() takes the same
+steps for `run --target`, with the plan the running kernel allows (the boot-time pages its
+command line asked for). Adding a target is adding a module here that satisfies Target.
 """
 
 from __future__ import annotations
