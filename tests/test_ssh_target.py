@@ -114,6 +114,51 @@ def test_kernel_log_is_the_runs_only() -> None:
     assert ssh.run_kernel_log(text, "fedcba9876543210").text == ""
 
 
+def _ring(token: str, first_seq: int, boot_lines: list[str]) -> str:
+    """A /dev/kmsg dump: the boot's records from FIRST_SEQ, then the run's start record."""
+    records = [f"4,{first_seq + n},{100 + n},-;{line}" for n, line in enumerate(boot_lines)]
+    seq = first_seq + len(boot_lines)
+    return "\n".join([*records, f"12,{seq},900,-;hvo-harness: ssh run {token} start",
+                      f"12,{seq + 1},910,-;hvo-harness: ssh run {token} end"])
+
+
+# docs/findings.md #3: the WARN HVO's boot-time optimization of 1G pages printed at boot.
+BOOT_WARN = ["------------[ cut here ]------------",
+             "WARNING: mm/hugetlb_vmemmap.c:223 at vmemmap_remap_pte+0x112/0x11e, CPU#1: pool_workqueue_/3",
+             "---[ end trace 0000000000000000 ]---"]
+
+
+def _asked_run() -> Run:
+    return Run("x86_64", results.KernelInfo("", None, None, {"type": "running"}), results.Accel("none", ""),
+               "", None, "pass", results.Hvo("on", "active", ""), [],
+               [_boot_scenario("pass", 2), _boot_scenario("pass", 0)], "all passed")
+
+
+def test_a_report_at_boot_fails_the_boot_time_pages_of_a_running_target() -> None:
+    """The boot-time pages were allocated and optimized at boot, before the run's start record:
+    a WARN there (as QEMU's guest boot would show) must not leave them passed."""
+    token = "0123456789abcdef"
+    before = ssh.before_run(_ring(token, 0, ["Linux version 7.2.13+deb14-amd64", *BOOT_WARN]), token)
+    assert before.from_boot and [f.function for f in before.findings] == ["vmemmap_remap_pte"]
+    run = ssh._run_record(_asked_run(), {2 << 20: 2}, before)
+    assert run.verdict == "fail" and run.findings == before.findings
+    assert run.scenarios[0].status == "fail" and "between its boot and the run" in run.scenarios[0].reason
+    assert run.scenarios[1].status == "skip"  # not asked for on the command line: a reboot's
+    # The run's own log still starts at the start record.
+    assert "vmemmap_remap_pte" not in ssh.run_kernel_log(_ring(token, 0, BOOT_WARN), token).text
+
+
+def test_a_ring_that_lost_the_boot_leaves_boot_time_pages_untested() -> None:
+    token = "0123456789abcdef"
+    before = ssh.before_run(_ring(token, 5000, ["random: crng reseeded"]), token)
+    assert not before.from_boot and not before.findings
+    run = ssh._run_record(_asked_run(), {2 << 20: 2}, before)
+    assert run.scenarios[0].status == "skip" and "no longer reaches back to its boot" in run.scenarios[0].reason
+    assert run.verdict == "pass"  # nothing failed; what was not tested says so
+    clean = ssh._run_record(_asked_run(), {2 << 20: 2}, ssh.before_run(_ring(token, 0, ["Linux version"]), token))
+    assert clean.scenarios[0].status == "pass"
+
+
 def _boot_scenario(status: str, requested: int, sysfs: str | None = None) -> Scenario:
     guest = {"sysfs": sysfs} if sysfs else {}
     return Scenario("2M", "boot", 0, "on", requested, 0, status, "judged", checks={"guest": guest})

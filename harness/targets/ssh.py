@@ -41,13 +41,13 @@ from typing import Any
 
 import paramiko
 
-from harness import artefacts, guest_helper, judge, kconfig, kmsg, structpage
+from harness import artefacts, dmesg, guest_helper, judge, kconfig, kmsg, structpage
 from harness.errors import HarnessError
 from harness.guest import GuestOutcome
 from harness.initramfs import GUEST_SCRIPTS
 from harness.plan import Plan, make_plan
 from harness.profiles import ARCH_NAMES, ArchProfile, get_profile, size_label
-from harness.results import Accel, KernelInfo, Results, Run
+from harness.results import Accel, Finding, KernelInfo, Results, Run, summarize
 from harness.targets import TargetFacts, TargetOutput, judged_run
 
 Progress = Callable[[str], None]
@@ -341,11 +341,9 @@ while [ $i -lt 15 ] && ! grep -q "ssh run $TOKEN end" "$D/kmsg.raw"; do
 	i=$((i + 1))
 done
 kill $kmsg_pid 2>/dev/null
-# From the start record on; before it only the kernel's own HugeTLB lines of its boot (what it
-# registered and claims to free), which the judge compares with the measurements.
-keep='index($0, start) { on = 1 } on || /^[0-9]+,[0-9]+,[0-9]+,[^;]*;HugeTLB: /'
-awk -v start="hvo-harness: ssh run $TOKEN start" "$keep" "$D/kmsg.raw" > "$D/kmsg.log"
-rm -f "$D/kmsg.raw"
+# The whole ring: the host takes the run's records from the start record on, and judges the
+# boot-time pages by what the kernel said before it (harness/targets/ssh.py before_run()).
+mv "$D/kmsg.raw" "$D/kmsg.log"
 echo done > "$D/status"
 echo "hvo-ssh: done"
 """
@@ -409,6 +407,8 @@ class SshTarget:
         self.host_key: str | None = None
         # Set when Ctrl-C or SIGTERM cut the run: the caller saves the results, then raises it.
         self.interrupt: BaseException | None = None
+        # What the kernel said before the run started (its boot): set by run().
+        self.before_run: BeforeRun | None = None
         # Tests: called with the remote driver's start, to do things to the connection.
         self.on_started: Callable[[SshTarget], None] | None = None
 
@@ -620,6 +620,7 @@ class SshTarget:
             reason += "; the target rebooted meanwhile (its boot_id changed): the kernel died or was reset"
         results_log.write_text(report_text)
         log = run_kernel_log(kmsg_text, token)
+        self.before_run = before_run(kmsg_text, token) if kmsg_text else None
         kernel_log_path.write_text(log.text)
         with contextlib.suppress(ConnectionLost):
             if self.remote is not None and self.remote.alive() and record.get("restored"):
@@ -779,9 +780,38 @@ def run_kernel_log(text: str, token: str) -> kmsg.KernelLog:
                           stream.garbled, 0, any(r.text == end_text for r in records))
 
 
-def _run_record(run: Run, target_cmdline_pages: dict[int, int]) -> Run:
+@dataclass(frozen=True)
+class BeforeRun:
+    """What the kernel said between its boot and the run's start record: where its boot-time
+    pages were allocated (and HVO optimized them), which the run's own log does not hold."""
+
+    findings: list[Finding]
+    # The ring still holds the boot's first record (sequence 0): nothing of the boot is lost.
+    from_boot: bool
+    first_seq: int | None
+
+
+def before_run(text: str, token: str) -> BeforeRun:
+    """The records before the run's start record, parsed for the kernel's reports."""
+    stream = kmsg.parse_stream(text, framed=False)
+    start_text = f"hvo-harness: ssh run {token} start"
+    first = next((r.seq for r in stream.records if r.text == start_text), None)
+    if first is None:
+        return BeforeRun([], False, None)
+    before = [r for r in stream.records if r.seq < first]
+    first_seq = before[0].seq if before else None
+    lines = [line for record in before for line in record.lines()]
+    return BeforeRun(dmesg.parse("\n".join(lines) + "\n").findings, first_seq == 0, first_seq)
+
+
+def _run_record(run: Run, target_cmdline_pages: dict[int, int], before: BeforeRun | None = None) -> Run:
     """Boot-time scenarios of sizes the target's command line asked no pages of: a skip with
-    the reboot they would need (never a pass: nothing was tested), unless they failed."""
+    the reboot they would need (never a pass: nothing was tested), unless they failed.
+
+    The pages it did ask for were allocated (and optimized) at boot, long before the run: they
+    pass only if the kernel said nothing between its boot and the run. A report there fails
+    them and the run, as a report during a QEMU guest's boot does; a ring buffer that no longer
+    reaches back to the boot leaves them untested (skip), never passed."""
     for scenario in run.scenarios:
         if scenario.mode != "boot" or scenario.requested != 0 or scenario.status == "fail":
             continue
@@ -790,6 +820,27 @@ def _run_record(run: Run, target_cmdline_pages: dict[int, int]) -> Run:
             continue  # a size the kernel lacks: the judge's reason stands
         scenario.status = "skip"
         scenario.reason = reboot_skip_reason(scenario.size, target_cmdline_pages)
+    if before is None:
+        return run
+    passed = [s for s in run.scenarios if s.mode == "boot" and s.status == "pass"]
+    if before.findings:
+        summary = summarize(before.findings)
+        for scenario in passed:
+            scenario.status = "fail"
+            scenario.reason = (f"the kernel complained between its boot and the run, where these pages "
+                               f"were allocated: {summary}")
+        run.findings = [*before.findings, *run.findings]
+        if run.verdict != "error":
+            run.verdict = "fail"
+            run.verdict_reason = f"kernel findings since boot: {summary}; {run.verdict_reason}"
+    elif not before.from_boot:
+        where = (f"its oldest record is {before.first_seq}" if before.first_seq is not None
+                 else "it holds no record before the run")
+        for scenario in passed:
+            scenario.status = "skip"
+            scenario.reason = (f"the kernel's log ring no longer reaches back to its boot ({where}): "
+                               "whether it complained while allocating these boot-time pages cannot "
+                               "be read; reboot the target to test them")
     return run
 
 
@@ -816,7 +867,7 @@ def run_ssh(address: SshAddress, identity: Path | None, known_hosts: Path | None
         if target.directory is not None:
             # Kept on the target only while something there is not restored: say where.
             output.record["left_on_target"] = target.directory
-        run = _run_record(judged_run("ssh", facts, plan, output), boot_pages)
+        run = _run_record(judged_run("ssh", facts, plan, output), boot_pages, target.before_run)
         if output.outcome.ended == "connection-lost" and not output.record.get("rebooted") \
                 and run.verdict == "fail" and not run.findings:
             # The kernel lived on (same boot_id): the network failed, not the kernel.
