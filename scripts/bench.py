@@ -5,6 +5,9 @@
     (<stem>.qemu.sh), run alternately; the ratio of the medians.
 (b) The default matrix (Debian's kernels, every arch, HVO on and off) through pytest and the
     plugin, serial and with `-n 2`; the wall time of each.
+(d) The virtme-ng backend against the QEMU backend: the same tree kernel (x86_64 debug+vng,
+    built once and cached) and the same plan, booted through pipeline.boot with backend "qemu"
+    and "vng" alternately; medians of each and their ratio (vng / qemu).
 (c) One bisect step on an unchanged config (`--only bisect-step`, and part of the whole bench):
     `hvo-harness bisect-run --arch riscv64 --variant debug` after a one-commit doc change, ccache
     and the step's incremental build directory warm; start to exit, median and spread.
@@ -68,6 +71,36 @@ def overhead(arch: str, repeat: int, work: Path) -> dict[str, object]:
         "bare_qemu_median": round(bare_median, 2),
         "ratio": round(harness_median / bare_median, 3),
         "bare_command": shlex.join(argv),
+    }
+
+
+def backends(repeat: int, work: Path, variant: str = "debug+vng") -> dict[str, object]:
+    """(d): one tree kernel, booted through each backend in turn (qemu, vng, qemu, vng, ...),
+    so a slower or busier moment of the host falls on both alike."""
+    profile = get_profile("x86_64")
+    spec = pipeline.TreeBuild(variants=(variant,))
+    kernel = pipeline.build_kernel(profile, spec, variant, pipeline.resolve_source(spec))
+    env = pipeline.prepare_environment(profile)
+    seconds: dict[str, list[float]] = {"qemu": [], "vng": []}
+    verdicts: dict[str, list[str]] = {"qemu": [], "vng": []}
+    for index in range(repeat):
+        for backend in ("qemu", "vng"):
+            started = time.monotonic()
+            out = work / f"backend-{backend}-{index}"
+            run = pipeline.boot(profile, kernel, env, "on", out, backend=backend)
+            seconds[backend].append(time.monotonic() - started)
+            if run.ended != "done":
+                raise SystemExit(f"bench: the {backend} boot of {variant} did not finish "
+                                 f"({run.verdict_reason})")
+            verdicts[backend].append(run.verdict)
+    medians = {backend: statistics.median(values) for backend, values in seconds.items()}
+    return {
+        "kernel": f"x86_64 {variant} ({kernel.info.release})", "repeat": repeat,
+        "qemu_seconds": [round(v, 2) for v in seconds["qemu"]],
+        "vng_seconds": [round(v, 2) for v in seconds["vng"]],
+        "qemu_median": round(medians["qemu"], 2), "vng_median": round(medians["vng"], 2),
+        "ratio_vng_over_qemu": round(medians["vng"] / medians["qemu"], 3),
+        "verdicts": verdicts,
     }
 
 
@@ -152,13 +185,19 @@ def main() -> int:
     parser.add_argument("--matrix-repeat", type=int, default=int(os.environ.get("BENCH_MATRIX_REPEAT", "2")),
                         help="repetitions of each matrix timing (default 2)")
     parser.add_argument("--json", type=Path, default=REPO / "hvo-results" / "bench.json")
-    parser.add_argument("--only", choices=("bisect-step",),
-                        help="run only this measurement (bisect-step: one bisect step, riscv64 debug)")
+    parser.add_argument("--only", choices=("bisect-step", "backends"),
+                        help="run only this measurement (bisect-step: one bisect step, riscv64 debug; "
+                             "backends: vng against qemu on the x86_64 debug+vng kernel)")
+    parser.add_argument("--backend-repeat", type=int,
+                        default=int(os.environ.get("BENCH_BACKEND_REPEAT", "3")),
+                        help="boots per backend (default 3)")
     parser.add_argument("--bisect-repeat", type=int, default=int(os.environ.get("BENCH_BISECT_REPEAT", "3")),
                         help="timed bisect steps (default 3)")
     args = parser.parse_args()
     if args.only == "bisect-step":
         return _bisect_step_only(args)
+    if args.only == "backends":
+        return _backends_only(args)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="hvo-bench-") as tmp:
         work = Path(tmp)
@@ -167,6 +206,8 @@ def main() -> int:
         console.print(f"[dim]> default matrix: serial and -n 2, {args.matrix_repeat} x each[/]")
         serial = matrix(None, args.matrix_repeat, work)
         parallel = matrix(2, args.matrix_repeat, work)
+        console.print(f"[dim]> backends: qemu and vng, {args.backend_repeat} x each, alternated[/]")
+        compared = backends(args.backend_repeat, work)
     table = Table(title="hvo-harness bench (medians)")
     for column in ("measure", "median", "runs", "note"):
         table.add_column(column)
@@ -179,6 +220,7 @@ def main() -> int:
                   "pytest --hvo-arch all")
     table.add_row("default matrix, -n 2", f"{parallel['median']} s", ", ".join(map(str, parallel["seconds"])),
                   "target <= 60 s")
+    _backend_rows(table, compared)
     console.print(f"[dim]> bisect step: riscv64 debug, {args.bisect_repeat} x[/]")
     step = bisect_step(args.bisect_repeat)
     table.add_row("bisect step, doc change", f"{step['median']} s",
@@ -192,12 +234,44 @@ def main() -> int:
         "overhead": over,
         "matrix_serial": serial,
         "matrix_n2": parallel,
+        "backends": compared,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     console.print(f"bench JSON: {args.json}")
     return 0
 
+
+
+def _runs(values: object) -> str:
+    return ", ".join(map(str, values)) if isinstance(values, list) else str(values)
+
+
+def _backend_rows(table: Table, compared: dict[str, object]) -> None:
+    table.add_row(f"boot, qemu backend ({compared['kernel']})", f"{compared['qemu_median']} s",
+                  _runs(compared["qemu_seconds"]), "pipeline.boot, backend qemu")
+    table.add_row("same kernel, vng backend", f"{compared['vng_median']} s",
+                  _runs(compared["vng_seconds"]), "pipeline.boot, backend vng")
+    table.add_row("vng / qemu", str(compared["ratio_vng_over_qemu"]), "", "alternated boots")
+
+
+def _backends_only(args: argparse.Namespace) -> int:
+    """`--only backends`: vng against qemu, merged into the bench JSON (others kept)."""
+    console = Console()
+    console.print(f"[dim]> backends: qemu and vng, {args.backend_repeat} x each, alternated[/]")
+    with tempfile.TemporaryDirectory(prefix="hvo-bench-") as tmp:
+        compared = backends(args.backend_repeat, Path(tmp))
+    table = Table(title="hvo-harness bench: backends (medians)")
+    for column in ("measure", "median", "runs", "note"):
+        table.add_column(column)
+    _backend_rows(table, compared)
+    console.print(table)
+    document = json.loads(args.json.read_text()) if args.json.is_file() else {"schema": "hvo-harness-bench/1"}
+    document["backends"] = compared
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    console.print(f"bench JSON: {args.json}")
+    return 0
 
 
 def _bisect_step_only(args: argparse.Namespace) -> int:
