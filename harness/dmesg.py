@@ -390,7 +390,8 @@ _PAGE_DUMP_RE = re.compile(
 )
 _PAGE_DUMP_BODY_RE = re.compile(
     r"^(?:page:|head: |memcg:|(?:anon |ksm )?flags: |page_type: |raw: |page dumped because: "
-    r"|aops:|ino:|page_owner |\s*(?:PFN|page last |prep_new_page|get_page_from_freelist))"
+    r"|aops:|ino:|invalid (?:mapping|inode|dentry)|page_owner "
+    r"|\s*(?:PFN|page last |prep_new_page|get_page_from_freelist))"
 )
 # Lines a report's header may follow the page dump it starts with by (VM_BUG_ON_PAGE()'s).
 PAGE_DUMP_LOOKAHEAD = 40
@@ -552,7 +553,8 @@ def _classify(msg: str) -> _Hit | None:
     if _LIST_CORRUPTION_RE.search(msg):
         return _Hit("note", "list-corruption")
     if _PAGE_DUMP_RE.match(msg):
-        return _Hit("note", "page-dump")
+        # "page does not match folio" is the first line of a dump whose "page:" line follows.
+        return _Hit("note", "page-dump", reason="mismatch" if msg.startswith("page does not") else None)
     if _DEBUG_LOCKS_RE.search(msg):
         return _Hit("note", "warn")
     m = _WARN_TEXT_RE.search(msg)
@@ -745,6 +747,14 @@ def _bound(events: list[_Event], lines: list[_Line], hits: dict[int, _Hit]) -> N
         ev.end = _find_end(ev, lines, hits, limit)
 
 
+def _last_dump_before(hits: dict[int, _Hit], i: int, start: int) -> bool:
+    """The page dump at I is the one right before START: VM_BUG_ON_PAGE() dumps one page, then
+    its BUG. Dumps before that one (a storm of them, another CPU's) are findings of their own, and
+    do not push the report's call trace out of its excerpt."""
+    later = [j for j in range(i + 1, start) if hits.get(j) is not None and hits[j].kind == "page-dump"]
+    return not later or (later == [i + 1] and hits[i].reason == "mismatch")
+
+
 def _take_in(events: list[_Event], hits: dict[int, _Hit]) -> list[_Event]:
     """Give each note and OOM verdict to the report it belongs to; those no report takes in are
     returned as events of their own (and become markers in hits).
@@ -781,7 +791,8 @@ def _take_in(events: list[_Event], hits: dict[int, _Hit]) -> list[_Event]:
                 (hit.kind == "list-corruption" and nxt is not None and nxt.kind == "bug"
                  and nxt.start - i <= CUT_LOOKBACK)
                 or (hit.kind == "page-dump" and nxt is not None and nxt.kind in ("bug", "warn")
-                    and nxt.start - i <= PAGE_DUMP_LOOKAHEAD)
+                    and nxt.start - i <= PAGE_DUMP_LOOKAHEAD
+                    and _last_dump_before(hits, i, nxt.start))
             )
             if (
                 leads
@@ -791,7 +802,8 @@ def _take_in(events: list[_Event], hits: dict[int, _Hit]) -> list[_Event]:
             ):
                 nxt.lead = i if nxt.lead is None else min(nxt.lead, i)
                 continue
-            if hit.kind == "page-dump" and own and own[-1].kind == "page-dump" and own[-1].end >= i - 1:
+            if (hit.kind == "page-dump" and own and own[-1].kind == "page-dump"
+                    and own[-1].header == i - 1 == own[-1].end and hits[i - 1].reason == "mismatch"):
                 # The same dump's next line ("page does not match folio", then "page: ..."):
                 # one finding, its block grown to it.
                 own[-1].end = i

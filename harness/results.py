@@ -23,7 +23,8 @@ SCHEMA_ID = "hvo-harness/1"
 _TIMESTAMP = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]\s*(?:\[\s*[CT]\d+\]\s*)?")
 # mm/debug.c dump_page()'s lines (harness/dmesg.py _PAGE_DUMP_BODY_RE reads them in a log).
 _PAGE_DUMP_LINES = ("page does not match folio", "page:", "head: ", "memcg:", "flags: ", "anon flags: ",
-                    "ksm flags: ", "page_type: ", "raw: ", "page dumped because: ")
+                    "ksm flags: ", "page_type: ", "raw: ", "page dumped because: ", "invalid mapping:",
+                    "invalid inode", "invalid dentry", "aops:")
 
 Status = Literal["pass", "fail", "skip"]
 # "skip": the boot was not made, with a reason (e.g. the Debian suite asked for has no kernel

@@ -392,6 +392,23 @@ def test_a_page_dump_before_vm_bug_on_page_is_the_bug() -> None:
     assert finding.excerpt.splitlines()[0].endswith(PAGE_DUMP[1]) and "page dumped because" in finding.excerpt
 
 
+def test_only_the_last_page_dump_leads_the_warn_after_it() -> None:
+    """A storm of dumps (docs/findings.md #4, 4K/4-level, HVO off), then another CPU's WARN: the
+    storm's dumps stay findings of their own; only the dump right before the WARN is its lead."""
+    storm = [PAGE_DUMP[1], "invalid mapping:0000000000000400"] * 3
+    report = dmesg.parse(console(
+        *BOOT_LINES[:2], *PAGE_DUMP[:2], *storm, "------------[ cut here ]------------",
+        "WARNING: mm/slub.c:6635 at free_large_kmalloc+0xbc/0x130, CPU#1: hvoh/38",
+        X86_TRACE[2], X86_TRACE[3], X86_TRACE[4], "---[ end trace 0000000000000000 ]---",
+    ))
+    kinds = [f.kind for f in report.findings]
+    assert kinds == ["page-dump", "page-dump", "page-dump", "warn"], kinds
+    warn = report.findings[-1]
+    assert warn.headline().startswith("WARNING: mm/slub.c:6635") and "Call Trace:" in warn.excerpt
+    assert warn.excerpt.count("page: refcount") == 1
+    assert "invalid mapping" in report.findings[1].excerpt  # dump_mapping()'s line is the dump's
+
+
 def test_a_page_dump_inside_bad_page_state_is_that_report() -> None:
     report = dmesg.parse(read("x86_64-7.2.13-hvo-on-4G-nodes.console.log"))
     assert {f.kind for f in report.findings} == {"bug"}
