@@ -217,15 +217,33 @@ def _run(args: argparse.Namespace) -> int:
     _check_out_dir(out_dir)
     if args.json:
         _check_output_file(args.json, "--json")
+    done = _saved_run(out_dir, args.json, request.boot_count(),
+                      lambda on_run, progress, stop: pipeline.run_matrix(request, out_dir, on_run,
+                                                                         progress, stop))
+    if isinstance(done, int):
+        return done
+    results, saver = done
+    report.print_results(results)
+    _err.print(f"results: {', '.join(str(p) for p, _ in saver.paths)}; logs: {out_dir}/")
+    return exit_code(results)
+
+
+# What _saved_run runs: given where to save each finished boot, progress and the stop event.
+_Work = Callable[[Callable[[Results, int], None], Callable[[str], None], threading.Event], Results]
+
+
+def _saved_run(out_dir: Path, json_path: Path | None, boots: int,
+               work: _Work) -> tuple[Results, _Saver] | int:
+    """WORK (a matrix, a target's run) with its results saved as each boot ends, the previous
+    run's files kept apart, and SIGINT/SIGTERM answered with the results so far and 128+N."""
     progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
     _keep_previous_run(out_dir, progress)
-
     stop = threading.Event()
-    saver = _Saver([(out_dir / "results.json", "--out"), *([(args.json, "--json")] if args.json else [])],
-                   stop, request.boot_count())
+    saver = _Saver([(out_dir / "results.json", "--out"), *([(json_path, "--json")] if json_path else [])],
+                   stop, boots)
     with _sigterm_as_interrupt():
         try:
-            results = pipeline.run_matrix(request, out_dir, saver.on_run, progress, stop)
+            results = work(saver.on_run, progress, stop)
         except KeyboardInterrupt as interrupt:
             stop.set()
             name = "SIGTERM" if isinstance(interrupt, _Terminated) else "SIGINT"
@@ -238,9 +256,7 @@ def _run(args: argparse.Namespace) -> int:
             saver.stopped(error)
             raise
     saver.finished(results)
-    report.print_results(results)
-    _err.print(f"results: {', '.join(str(p) for p, _ in saver.paths)}; logs: {out_dir}/")
-    return exit_code(results)
+    return results, saver
 
 
 # `run` options that choose what QEMU boots: an SSH target runs its own kernel, as it is.
@@ -271,27 +287,15 @@ def _run_target(args: argparse.Namespace) -> int:
     _check_out_dir(out_dir)
     if args.json:
         _check_output_file(args.json, "--json")
-    progress = lambda text: _err.print(f"[dim]>[/] {text}", highlight=False)  # noqa: E731
-    _keep_previous_run(out_dir, progress)
-    stop = threading.Event()
-    saver = _Saver([(out_dir / "results.json", "--out"), *([(args.json, "--json")] if args.json else [])],
-                   stop, 1)
-    results = pipeline.new_results()
-    with _sigterm_as_interrupt():
-        try:
-            ssh.run_ssh(address, args.identity, args.known_hosts, out_dir, saver.on_run, progress, stop,
-                        args.timeout, results)
-        except KeyboardInterrupt as interrupt:
-            stop.set()
-            name = "SIGTERM" if isinstance(interrupt, _Terminated) else "SIGINT"
-            saver.interrupted(name)
-            _err.print(f"hvo-harness: interrupted by {name}; results so far in {saver.paths[0][0]}, "
-                       f"logs in {out_dir}", markup=False, highlight=False)
-            return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
-        except HarnessError as error:
-            saver.stopped(error)
-            raise
-    saver.finished(results)
+    def work(on_run: Callable[[Results, int], None], progress: Callable[[str], None],
+             stop: threading.Event) -> Results:
+        return ssh.run_ssh(address, args.identity, args.known_hosts, out_dir, on_run, progress, stop,
+                           args.timeout, pipeline.new_results())
+
+    done = _saved_run(out_dir, args.json, 1, work)
+    if isinstance(done, int):
+        return done
+    results, saver = done
     report.print_results(results)
     for run in results.runs:
         target = run.target or {}
