@@ -81,3 +81,17 @@ def test_xdist_keeps_each_boot_on_one_worker(pytester: pytest.Pytester, tmp_path
         names = [c.attrib["name"] for c in cases if c.attrib["classname"] == label]
         assert sorted(names) == sorted(["boot", *planned])
     assert len(cases) == 2 * (1 + len(planned))
+
+
+def test_an_inner_pytester_session_leaves_the_outer_sessions_boots(pytester: pytest.Pytester,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """An in-process pytester session (tests/test_judge.py) configures the plugin again; the
+    outer session's boots must stay its own (a module global was replaced, and every later
+    hvo_boot died on the inner config's torn-down _tmp_path_factory)."""
+    from harness import pytest_plugin
+
+    outer = pytest_plugin.boots_of(request.config)
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert pytest_plugin.boots_of(request.config) is outer
+    assert outer._out_dir().name == "hvo"  # the outer config still gives its base temp
