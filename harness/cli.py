@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from harness import annotate, artefacts, dmesg, pipeline, report, source_lines, vng
+from harness import annotate, artefacts, dmesg, guest_memory, pipeline, report, source_lines, vng
 from harness import bisect as bisect_steps
 from harness.errors import HarnessError
 from harness.profiles import ARCH_NAMES, parse_arch_list, with_node_memory
@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=vng.BACKENDS, default="qemu",
                      help="qemu (default): QEMU with the harness's initramfs; vng: virtme-ng on "
                           "this host's userspace (x86_64, --tree --variant ...+vng)")
+    run.add_argument("--fresh-memory", action="store_true",
+                     help="boot every guest on fresh RAM, not on the memory pool's files that "
+                          "earlier boots of the same size left (/dev/shm/hvo-harness)")
     run.add_argument("--target", metavar="ssh://USER@HOST[:PORT]",
                      help="run the scenarios on a running machine over SSH (as root) instead of "
                           "booting QEMU: its own kernel, its arch, its boot-time pages")
@@ -102,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--no-source", action="store_true", help="skip linux-source")
     fetch.add_argument("--kernel", default="debian:sid", metavar="SPEC[,SPEC...]",
                        help="the Debian kernels to fetch, as for run --kernel (default debian:sid)")
+
+    restore = commands.add_parser(
+        "restore", help="put back the settings an SSH run saved on its target and did not restore")
+    restore.add_argument("--target", required=True, metavar="ssh://USER@HOST[:PORT]",
+                         help="the machine the earlier `run --target` left its saved state on")
+    restore.add_argument("--identity", type=Path, metavar="KEY",
+                         help="the private key to log in with (default: the agent, ~/.ssh)")
+    restore.add_argument("--known-hosts", type=Path, metavar="FILE",
+                         help="the known_hosts file to check the host key against (default "
+                              "~/.ssh/known_hosts); an unknown or changed key is refused")
     _results_commands(commands)
     _ci_command(commands)
     _bisect_commands(commands)
@@ -156,27 +169,59 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bisect-run"]:
         return _bisect_run_main(argv)  # its own exit codes, for git bisect run
     args = _parser().parse_args(argv)
+    # Memory files a crashed or killed harness left are removed at the next start; this
+    # process's own when it is done, also after Ctrl-C or SIGTERM (guest_memory.py).
+    guest_memory.sweep()
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "build":
-            return _build(args)
-        if args.command == "parse":
-            return _parse(args)
-        if args.command == "fetch":
-            return _fetch(args)
-        if args.command in RESULTS_COMMANDS:
-            return _results_command(args)
-        if args.command == "ci":
-            return _ci(args)
-        if args.command == "bisect":
-            return _bisect(args)
-        if args.command in REPRO_COMMANDS:
-            return _repro_command(args)
+        with _sigterm_as_exit():
+            return _command(args)
     except HarnessError as error:
         _err.print(f"hvo-harness: error: {error}", markup=False, highlight=False)
         return EXIT_SETUP
+    finally:
+        guest_memory.release_pool()
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "build":
+        return _build(args)
+    if args.command == "parse":
+        return _parse(args)
+    if args.command == "fetch":
+        return _fetch(args)
+    if args.command == "restore":
+        return _restore(args)
+    if args.command in RESULTS_COMMANDS:
+        return _results_command(args)
+    if args.command == "ci":
+        return _ci(args)
+    if args.command == "bisect":
+        return _bisect(args)
+    if args.command in REPRO_COMMANDS:
+        return _repro_command(args)
     return EXIT_SETUP
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM ends any command as an exit (143), so that what it holds is let go (the memory
+    pool's files, QEMU children); `run` answers it itself, with the results so far."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -206,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
     request = pipeline.MatrixRequest(
         profiles=profiles, kernel=kernel, config=args.config, hvo_settings=settings,
         append=args.append, timeout=args.timeout, want_kvm=args.accel == "auto", jobs=args.jobs,
-        build=tree_build, backend=args.backend,
+        build=tree_build, backend=args.backend, fresh_memory=args.fresh_memory,
     )
     out_dir: Path = args.out
     if args.json:
@@ -262,7 +307,7 @@ def _saved_run(out_dir: Path, json_path: Path | None, boots: int,
 # `run` options that choose what QEMU boots: an SSH target runs its own kernel, as it is.
 _BOOT_ONLY_OPTIONS = (("kernel", None), ("config", None), ("append", ""), ("node_mem", None),
                       ("tree", None), ("backend", "qemu"), ("arch", "all"), ("hvo", "on,off"),
-                      ("accel", "auto"))
+                      ("accel", "auto"), ("fresh_memory", False))
 
 
 def _run_target(args: argparse.Namespace) -> int:
@@ -304,6 +349,18 @@ def _run_target(args: argparse.Namespace) -> int:
                        + "; ".join(target["not_restored"][:5]), markup=False, highlight=False)
     _err.print(f"results: {', '.join(str(p) for p, _ in saver.paths)}; logs: {out_dir}/")
     return exit_code(results)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """`restore --target ssh://USER@HOST[:PORT]`: the settings an earlier SSH run saved on the
+    target and did not put back (a connection that never came back, a harness killed with
+    SIGKILL), written back and read back (harness/targets/ssh.py restore_target)."""
+    from harness.targets import ssh
+
+    report = ssh.restore_target(ssh.parse_address(args.target), args.identity, args.known_hosts)
+    for line in report.lines():
+        print(line, flush=True)
+    return EXIT_FAIL if report.not_restored else EXIT_PASS
 
 
 def _check_timeout(timeout: float) -> None:
@@ -646,7 +703,7 @@ def _results_command(args: argparse.Namespace) -> int:
 
 
 def _export_lava(args: argparse.Namespace) -> int:
-    from harness import lava
+    from harness.targets import lava
 
     if args.results is not None and args.arch is not None:
         raise HarnessError("export lava takes a results file or --arch, not both: give one")

@@ -276,27 +276,37 @@ def boot(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     backend: str = "qemu",
+    fresh_memory: bool = False,
 ) -> Run:
     """One boot with hugetlb_free_vmemmap=<hvo>: all its scenarios, judged.
 
     backend: the booting target (BOOT_TARGETS): "qemu" (QEMU with the initramfs,
     harness/targets/qemu.py) or "vng" (virtme-ng on the host's userspace, harness/targets/vng.py):
-    the same guest scripts, results channel and judging (run_target)."""
+    the same guest scripts, results channel and judging (run_target). fresh_memory: boot on
+    fresh RAM rather than the memory pool's files (harness/guest_memory.py)."""
     if backend not in BOOT_TARGETS:
         vng.check_backend(backend, [profile], True)  # the one error line naming the backends
-    target = BOOT_TARGETS[backend](profile, kernel, env, hvo, append, timeout, progress)
+    target = BOOT_TARGETS[backend](profile, kernel, env, hvo, append, timeout, progress, fresh_memory)
     return run_target(target, out_dir, progress, stop)
 
 
 def run_target(target: Target, out_dir: Path, progress: Progress | None = None,
                stop: threading.Event | None = None) -> Run:
-    """The plan run on TARGET and judged: prepare, plan, run, judge (targets.judged_run), and
-    for a boot judged fail or error the target's reproducer (Run.repro). Nothing here asks
-    which target it is."""
+    """The plan run on TARGET and judged: prepare, plan, run, judge (targets.judged_run), the
+    target's finish where it has one (Target.finish), and for a run judged fail or error the
+    target's reproducer (Run.repro). Nothing here asks which target it is."""
     facts = target.prepare()
     plan = make_plan(facts.profile, facts.facts.page_size, facts.hvo)
+    if facts.boot_pages is not None:
+        # A running target's boot-time pages were allocated at its boot, as its own command
+        # line asked: those are what the plan can test (a booting target sets its own).
+        plan = dataclasses.replace(plan, boot_pages={size: facts.boot_pages.get(size, 0)
+                                                     for size in plan.sizes})
     output = target.run(plan, facts, out_dir, stop)
     run = judged_run(target.name, facts, plan, output, progress)
+    finish = getattr(target, "finish", None)  # optional (Target's docstring)
+    if finish is not None:
+        run = finish(run)
     if run.verdict in ("fail", "error"):
         # Every failing boot gets a reproducer bundle at <out_dir>/repro/<stem>/, whoever
         # called boot (run, triage, bisect); Run.repro names it (harness/bundle.py).
@@ -345,6 +355,7 @@ class MatrixRequest:
     build: TreeBuild | None = None
     # How guests boot: "qemu" or "vng" (vng.py; x86_64 kernels built from a tree only).
     backend: str = "qemu"
+    fresh_memory: bool = False  # every boot on fresh RAM (--fresh-memory)
 
     def boot_count(self) -> int:
         """Boots the matrix makes: one per unit (an arch and kernel, or an arch and variant) and
@@ -510,7 +521,8 @@ def run_matrix(
                 run = skipped_run(profile, kernel, hvo)
             else:  # env was made above for every unit with a kernel
                 run = boot(profile, kernel, env, hvo, out_dir, request.append,  # type: ignore[arg-type]
-                           request.timeout, progress, stop, request.backend)
+                           request.timeout, progress, stop, request.backend,
+                           request.fresh_memory)
             with lock:
                 per_unit[index].append(run)
                 results.runs = [r for runs in per_unit for r in runs]

@@ -18,10 +18,12 @@ Runners are thin: this calls the same pipeline functions as the CLI."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -46,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="build variant, e.g. debug or debug+4k (with --hvo-tree)")
     group.addoption("--hvo-setting", default="on,off", help="hugetlb_free_vmemmap settings to boot (on,off)")
     group.addoption("--hvo-out", default=None, help="directory for console logs (default: pytest's basetemp)")
+    group.addoption("--hvo-fresh-memory", action="store_true",
+                    help="boot every guest on fresh RAM, not on the memory pool's files that earlier "
+                         "boots of the same size left (harness/guest_memory.py)")
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,9 @@ class BootKey:
 class Boots:
     """Boots made in this process, by key: each boots once, whoever asks first."""
 
-    def __init__(self, out_dir: Callable[[], Path]) -> None:
+    def __init__(self, out_dir: Callable[[], Path], fresh_memory: bool = False) -> None:
         self._out_dir = out_dir
+        self._fresh_memory = fresh_memory
         self._runs: dict[BootKey, Run] = {}
         self._errors: dict[BootKey, HarnessError] = {}
         self._kernels: dict[tuple[str, KernelSpec], pipeline.PreparedKernel | pipeline.UnavailableKernel] = {}
@@ -132,8 +138,9 @@ class Boots:
             return pipeline.skipped_run(profile, kernel, key.hvo)
         env = pipeline.prepare_environment(profile)
         out = self._out_dir() / key.spec.label
-        with guest_memory.reserve(profile.memory_mib):
-            return pipeline.boot(profile, kernel, env, key.hvo, out)
+        # The boot takes its memory through the host-wide ledger (guest_memory.take), so
+        # xdist workers booting at once wait rather than overcommit the host.
+        return pipeline.boot(profile, kernel, env, key.hvo, out, fresh_memory=self._fresh_memory)
 
 
 class ScenarioFailed(Exception):
@@ -307,13 +314,35 @@ def pytest_configure(config: pytest.Config) -> None:
         factory = config._tmp_path_factory  # type: ignore[attr-defined]
         return factory.getbasetemp() / "hvo"
 
-    config.stash[BOOTS_KEY] = Boots(out_dir)
+    config.stash[BOOTS_KEY] = Boots(out_dir, bool(config.getoption("--hvo-fresh-memory")))
+    guest_memory.sweep()  # what a crashed or killed session left in the memory pool
+    _sigterm_as_interrupt()
     # The items of one boot must stay on one worker, or each worker would boot it again.
     # loadscope groups items by their nodeid up to the last "::", which for ours is the boot
     # (hvo/<arch>-<kernel>-hvo-<setting>). Not loadgroup: it marks groups by rewriting nodeids,
     # which pytest 9.2 ignores, so groups are silently spread (pytest-xdist#1386).
     if config.getoption("--hvo-arch") and getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadscope"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The memory pool's files this process used last go when the session is done (a
+    # worker's with it; a killed worker's at the next sweep).
+    guest_memory.release_pool()
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM ends the session as Ctrl-C does (pytest reports what ran, unconfigure lets the
+    memory pool's files go), where nothing else has claimed SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,

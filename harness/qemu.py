@@ -54,8 +54,12 @@ def build_argv(
     files: GuestFiles,
     cmdline: str,
     accel: AccelChoice,
+    memory: list[Path] | None = None,
 ) -> list[str]:
-    """The whole QEMU command line; printed in results so a failure can be rerun by hand."""
+    """The whole QEMU command line; printed in results so a failure can be rerun by hand.
+
+    MEMORY: a memory file per NUMA node (guest_memory.take's pool), shared with QEMU so that
+    what the guest writes stays in it for the next boot; None: fresh RAM for each node."""
     tcg = f"tcg,thread={profile.tcg_thread}" if profile.tcg_thread and accel.used == "tcg" else None
     argv = [qemu_path(profile), "-machine", profile.machine, "-accel", tcg or accel.used]
     if profile.cpu:
@@ -76,7 +80,11 @@ def build_argv(
     per_socket = profile.smp // sockets
     for node, mib in enumerate(profile.node_mem_mib):
         cpus = [cpu for cpu in range(profile.smp) if cpu // per_socket == node]
-        argv += ["-object", f"memory-backend-ram,id=mem{node},size={mib}M"]
+        if memory is None:
+            argv += ["-object", f"memory-backend-ram,id=mem{node},size={mib}M"]
+        else:
+            argv += ["-object", f"memory-backend-file,id=mem{node},size={mib}M,"
+                                f"mem-path={memory[node]},share=on"]
         numa = f"node,nodeid={node},memdev=mem{node}"
         if cpus:
             numa += f",cpus={cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else f",cpus={cpus[0]}"

@@ -204,6 +204,10 @@ class Run:
     # {"type": "ssh", "address": "ssh://root@host:22", "host_key": ..., "restored": bool,
     # "changed": [...], "not_restored": [...], ...}; None for QEMU and vng boots.
     target: dict[str, Any] | None = None
+    # The guest's RAM (harness/guest_memory.py): {"backing": "pool", "files": [...], "reused":
+    # [per node]} for a boot on the memory pool's files, {"backing": "fresh", "why": ...} for
+    # fresh RAM; None where the harness did not choose it (an SSH target, older results).
+    memory: dict[str, Any] | None = None
 
 
 def run_unit(run: Run) -> str:

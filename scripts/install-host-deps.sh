@@ -21,7 +21,7 @@ BASE_PACKAGES=(git make python3 python3-venv zstd xz-utils cpio rsync ccache fle
 # The SSH target's boot tests (tests/sshd_guest.py): `ssh-keygen` makes each test's client and
 # host keys (openssh-client), `readelf` finds what libraries sshd needs in its guest (binutils).
 BASE_PACKAGES+=(openssh-client binutils)
-# `export lava` (harness/lava.py): LAVA's job and device schemas (lava-common, with PyYAML) in
+# `export lava` (harness/targets/lava.py): LAVA's job and device schemas (lava-common, with PyYAML) in
 # Debian's python3, which the harness runs as /usr/bin/python3 (the venv does not see them), and
 # lava-dispatcher's `lava-run` for `export lava --run` and the dispatcher test. lava-dispatcher
 # enables a lava-worker service, which the harness does not use (it needs a lava-server).

@@ -1,14 +1,20 @@
 """`export lava`: LAVA job definitions checked with LAVA's own schemas (Debian's lava-common,
-run in the system python3 as harness/lava.py does, but called here directly), bad input as one
-error line, and (boot) one x86_64 job run through Debian's lava-dispatcher and judged."""
+run in the system python3 as harness/targets/lava.py does, but called here directly), bad input
+as one error line; a LAVA run judged like every target's (annotated findings, a dispatcher's
+failure an error); and (boot) jobs run through Debian's lava-dispatcher: one judged, one the
+dispatcher fails, one ended half-way without leaving its scratch directory."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import os
 import shlex
 import subprocess
+import threading
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +22,14 @@ import libarchive
 import pytest
 import yaml
 
-from harness import lava, pipeline
+from harness import judge, pipeline
 from harness.errors import HarnessError
+from harness.guest import GuestOutcome
 from harness.plan import make_plan
 from harness.profiles import get_profile
-from harness.results import load, validate
+from harness.results import KernelInfo, Results, load, validate
+from harness.structpage import StructPage
+from harness.targets import TargetOutput, judged_run, lava
 from tests.cli import one_error_line, run_cli
 from tests.recorded import X86, document
 
@@ -222,6 +231,8 @@ def test_one_x86_64_job_through_lava_dispatcher_judged(tmp_path: Path) -> None:
     run = load(results_path).runs[0]
     assert run.verdict == "pass", run.verdict_reason
     assert run.hugetlb["backend"] == "lava" and run.hvo.state == "active"
+    assert run.target is not None
+    assert (run.target["job_result"], run.target["device_type"]) == ("pass", "qemu")
     plan_count = len(run.scenarios)
     cases = run.hugetlb["lava_test_cases"]
     assert len(cases) == plan_count == 18
@@ -250,3 +261,205 @@ def test_artefacts_url_copies_the_files_a_lab_fetches(
         assert hashlib.sha256(copy_path.read_bytes()).hexdigest() == image["sha256sum"]
     assert (out / "artefacts" / x86_kernel.image.path.name).read_bytes() == x86_kernel.image.path.read_bytes()
     assert lava_check("job", out / "x86_64-hvo-on.yaml").returncode == 0
+
+
+# --- A LAVA run is judged as every target's run ----------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+RECORDED = DATA / "riscv64-7.2.13-kmsg-hvo-on"  # a real riscv64 boot (tests/data/README.md)
+RISCV = get_profile("riscv64")
+RISCV_FACTS = judge.KernelFacts(4096, StructPage(64, "BTF in vmlinuz"), True)
+# A kernel with no source at hand (an image from elsewhere, a banner that is not Debian's): its
+# findings are annotated with why not, without a download.
+IMAGE = KernelInfo("/boot/vmlinuz-test", "7.2.13-hvo-test", None, {"type": "image"})
+BANNER = "Linux version 7.2.13-hvo-test (builder@host) (gcc 12.2.0) #1 SMP PREEMPT"
+# docs/findings.md #3: the WARN HVO's boot-time optimization of 1G pages printed at boot.
+WARN = ["------------[ cut here ]------------",
+        "WARNING: mm/hugetlb_vmemmap.c:223 at vmemmap_remap_pte+0x112/0x11e, CPU#1: pool_workqueue_/3",
+        "---[ end trace 0000000000000000 ]---"]
+
+
+def _frame(tag: str, payload: str) -> str:
+    return f"{tag} {zlib.crc32(payload.encode()):08x} {payload}"
+
+
+def recorded_channels() -> tuple[str, list[str]]:
+    """The recorded boot's KTAP, and its kernel log records with the WARN before the end
+    record (and a banner that is not Debian's)."""
+    records = Path(f"{RECORDED}.dmesg.log").read_text().splitlines()
+    end = records.pop()
+    assert end.endswith(";hvo-harness: kmsg end")
+    seq = len(records)
+    records = [f"5,1,0,-;{BANNER}" if r.startswith("5,1,0,-;Linux version") else r for r in records]
+    records += [f"4,{seq + n},{28_000_000 + n},-;{line}" for n, line in enumerate(WARN)]
+    records.append(f"12,{seq + len(WARN)},28532062,-;hvo-harness: kmsg end")
+    return Path(f"{RECORDED}.results.ktap").read_text(), records
+
+
+def dispatcher_log(ktap: str, records: list[str]) -> str:
+    """A lava-run log (one JSON record a line) of a job whose test definition sent KTAP and
+    RECORDS as it does: `hvoh frame` (each numbered line twice), then `hvoh kmsg`."""
+    def target(line: str) -> str:
+        return json.dumps({"dt": "2026-12-02T17:08:52.0", "lvl": "target", "msg": line})
+
+    lines = [json.dumps({"dt": "0", "lvl": "info", "msg": "lava-dispatcher, installed at version: 2023.01"}),
+             target(lava.PROMPT + "/bin/sh /hvo/scenarios.sh > /tmp/hvo.ktap 2>&1"),
+             target(f"+ hvoh frame {lava.kmsg.RESULT_TAG}")]
+    for n, line in enumerate(ktap.splitlines()):
+        lines += [target(_frame(lava.kmsg.RESULT_TAG, f"{n} {line}"))] * 2
+    lines.append(json.dumps({"dt": "0", "lvl": "results",
+                             "msg": {"definition": f"0_{lava.TESTDEF_NAME}", "case": "boot-2048kB-node0",
+                                     "result": "pass", "endtc": "758"}}).replace(': "758"', ': ! "758"'))
+    lines += [target(_frame(lava.kmsg.KMSG_TAG, record)) for record in records]
+    lines += [target("hvo-lava: done"),
+              json.dumps({"dt": "0", "lvl": "info", "msg": "Job finished correctly"}),
+              json.dumps({"dt": "0", "lvl": "results", "msg": {"definition": "lava", "case": "job",
+                                                               "result": "pass"}})]
+    return "\n".join(lines) + "\n"
+
+
+def riscv_spec() -> lava.BootSpec:
+    plan = make_plan(RISCV, 4096, "on")
+    cmdline = "console=ttyS0 panic=-1 printk.time=1 " + " ".join(plan.kernel_args())
+    return lava.BootSpec("riscv64-hvo-on", RISCV, "on", cmdline, Path(IMAGE.path), IMAGE, (),
+                         RISCV.memory_mib, None, plan, RISCV_FACTS)
+
+
+def test_a_lava_runs_finding_is_annotated_as_a_qemu_runs(tmp_path: Path) -> None:
+    """The WARN read out of a dispatcher's log gets its source, checks and trace status as the
+    same report and kernel log from QEMU do: the judge path does not know which target ran."""
+    ktap, records = recorded_channels()
+    log_path = tmp_path / "lava-run.log"
+    log_path.write_text(dispatcher_log(ktap, records))
+    parsed = lava.parse_dispatcher_log(log_path.read_text())
+    assert parsed.job_result == "pass" and parsed.version == "2023.01" and parsed.error is None
+    assert parsed.lava_results == [{"definition": f"0_{lava.TESTDEF_NAME}", "case": "boot-2048kB-node0",
+                                    "result": "pass"}]
+    dispatcher = lava.DispatcherRun(0, 30.0, log_path, parsed)
+    job, device = tmp_path / "job.yaml", tmp_path / "device.yaml"
+    job.write_text("device_type: qemu\njob_name: test\n")
+    device.write_text("{}\n")
+    target = lava.LavaTarget(riscv_spec(), job, device)
+    facts = target.prepare()
+    plan = make_plan(facts.profile, facts.facts.page_size, facts.hvo)
+    output = target.output(dispatcher, tmp_path)
+    assert output.report is not None and output.report.done and output.report.garbled == 0
+    run = judged_run(target.name, facts, plan, output)
+
+    assert run.verdict == "fail", run.verdict_reason
+    [finding] = run.findings
+    assert (finding.kind, finding.function, finding.file, finding.line) == \
+        ("warn", "vmemmap_remap_pte", "mm/hugetlb_vmemmap.c", 223)
+    # Annotated (harness/annotate.py): no source for an image from elsewhere, said so.
+    assert finding.source is not None and finding.source["status"] == "not at hand", finding.source
+    assert "came with no source" in finding.source["why"]
+    assert finding.trace is not None and finding.trace["status"] == "not decoded"
+    # Exactly as a QEMU run of the same report and kernel log.
+    qemu_output = TargetOutput(ktap, output.kernel_log, GuestOutcome("done", "done", 5.0, 30.0, 0),
+                               "virtio-serial", cmdline=output.cmdline)
+    qemu_run = judged_run("qemu", facts, plan, qemu_output)
+    assert run.findings == qemu_run.findings
+    assert [(s.name, s.status, s.reason) for s in run.scenarios] == \
+        [(s.name, s.status, s.reason) for s in qemu_run.scenarios]
+    # Only the target's own fields say it was LAVA.
+    assert run.hugetlb["backend"] == "lava" and run.hugetlb["results_channel"] == f"lava: {log_path}"
+    assert run.target == {"type": "lava", "job": str(job), "device": str(device), "device_type": "qemu",
+                          "dispatcher": "lava-run 2023.01", "job_result": "pass"}
+    assert run.accel.used == "tcg" and run.cmdline == target.spec.cmdline
+    assert Path(run.hugetlb["kernel_log"]["path"]).read_text() == output.kernel_log.text
+    validate(Results(runs=[run], harness_version="test").to_json())
+
+
+def test_a_job_the_dispatcher_failed_is_an_error_with_lavas_reason(tmp_path: Path) -> None:
+    """lava-run's exit 1 with LAVA's job error: the test bed's error naming LAVA's cause (not
+    its help line), even when the guest's report had come through."""
+    ktap, records = recorded_channels()
+    records = [r for r in records if "WARNING" not in r and "cut here" not in r and "end trace" not in r]
+    text = dispatcher_log(ktap, records).replace('"result": "pass"}}\n', (
+        '"result": "fail", "error_msg": "lava-test-shell timed out after 600 seconds", '
+        '"error_type": "Job"}}\n')).replace(
+        '{"dt": "0", "lvl": "info", "msg": "Job finished correctly"}',
+        '{"dt": "0", "lvl": "error", "msg": "JobError: Your job cannot terminate cleanly."}')
+    log_path = tmp_path / "lava-run.log"
+    log_path.write_text(text)
+    parsed = lava.parse_dispatcher_log(text)
+    assert parsed.job_result == "fail" and parsed.error == "lava-test-shell timed out after 600 seconds"
+    target = lava.LavaTarget(riscv_spec(), tmp_path / "job.yaml", tmp_path / "device.yaml")
+    facts = target.prepare()
+    plan = make_plan(facts.profile, facts.facts.page_size, facts.hvo)
+    output = target.output(lava.DispatcherRun(1, 700.0, log_path, parsed), tmp_path)
+    run = judged_run("lava", facts, plan, output)
+    assert run.verdict == "error", run.verdict_reason
+    assert run.verdict_reason.startswith(
+        "the LAVA dispatcher failed the job: lava-test-shell timed out after 600 seconds (lava-run exit 1")
+    assert run.target is not None and run.target["job_result"] == "fail"
+
+
+def _dispatcher_job(exported: Path, x86_kernel: pipeline.PreparedKernel) -> lava.LavaTarget:
+    spec = lava.spec_for_boot(get_profile("x86_64"), x86_kernel, "on")
+    assert spec.name == "x86_64-hvo-on"
+    return lava.LavaTarget(spec, exported / f"{spec.name}.yaml", exported / "devices" / f"{spec.name}.yaml")
+
+
+@pytest.mark.boot
+def test_a_job_the_real_dispatcher_fails_is_an_error_naming_why(
+    tmp_path: Path, exported: Path, x86_kernel: pipeline.PreparedKernel
+) -> None:
+    """lava-run refuses a job whose kernel is not there (its validate step, a second): the
+    run is an error with LAVA's reason, a reproducer of the job, never a pass."""
+    target = _dispatcher_job(exported, x86_kernel)
+    job = load_yaml(target.job_yaml)
+    missing = tmp_path / "gone" / "vmlinuz"
+    _actions(job)["deploy"]["images"]["kernel"]["url"] = f"file://{missing}"
+    target.job_yaml = tmp_path / "x86_64-hvo-on.yaml"
+    target.job_yaml.write_text(yaml.safe_dump(job, sort_keys=False))
+    run = lava.run_job(target, tmp_path / "run")
+    assert run.verdict == "error", run.verdict_reason
+    assert "the LAVA dispatcher failed the job" in run.verdict_reason
+    assert f"'{missing}' does not exist" in run.verdict_reason and "lava-run exit 1" in run.verdict_reason
+    assert run.target is not None and run.target["job_result"] == "fail"
+    assert run.target["dispatcher"].startswith("lava-run 20") and run.hugetlb["backend"] == "lava"
+    assert run.repro is not None
+    assert (Path(run.repro) / "job.yaml").read_text() == target.job_yaml.read_text()
+    assert (Path(run.repro) / "device.yaml").is_file() and (Path(run.repro) / "lava-run.sh").is_file()
+    assert not (lava.DISPATCHER_TMP / f"hvo-{os.getpid()}").exists()
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("how", ["stop", "timeout"])
+def test_a_dispatcher_ended_half_way_leaves_no_scratch_directory(
+    tmp_path: Path, exported: Path, x86_kernel: pipeline.PreparedKernel, how: str
+) -> None:
+    """lava-run killed mid-job (a stop, the harness's timeout) cannot clean up after itself:
+    run_dispatcher removes its scratch directory, and the run is not a pass."""
+    scratch = lava.DISPATCHER_TMP / f"hvo-{os.getpid()}"
+    assert not scratch.exists()
+    target = _dispatcher_job(exported, x86_kernel)
+    stop = threading.Event()
+    seen = threading.Event()
+
+    def stop_once_it_is_there() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not scratch.exists():
+            time.sleep(0.05)
+        if scratch.exists():
+            seen.set()
+        if how == "stop":
+            time.sleep(1.0)  # into the deploy and the boot
+            stop.set()
+
+    watcher = threading.Thread(target=stop_once_it_is_there, daemon=True)
+    watcher.start()
+    if how == "timeout":
+        target.timeout = 5.0
+    run = lava.run_job(target, tmp_path / "run", stop=stop)
+    watcher.join()
+    assert seen.is_set(), "lava-run never made its scratch directory"
+    assert not scratch.exists()
+    log = (tmp_path / "run" / "lava-run.log").read_text()
+    assert f"{scratch}/" in log and "Job finished correctly" not in log
+    if how == "stop":
+        assert run.verdict == "error" and "the LAVA job was stopped" in run.verdict_reason
+    else:
+        assert run.verdict == "fail" and "lava-run did not end within 5 s" in run.verdict_reason
+    assert run.target is not None and run.target["job_result"] is None

@@ -6,7 +6,8 @@ SSH server on 127.0.0.1 (a real SSH handshake, no mock), and boot tests against 
 in a QEMU guest running Debian's x86_64 kernel (tests/sshd_guest.py): one real SSH-target run,
 compared with `hvo-harness compare` against the QEMU target's run of the same kernel and HVO
 setting; a wrong or unknown host key refused; a non-root user refused; a dropped connection
-leaving the target restored once it is reached again."""
+leaving the target restored once it is reached again; a run killed with SIGKILL leaving its
+saved state, the next run refused over it, and `hvo-harness restore` putting it back."""
 
 from __future__ import annotations
 
@@ -91,6 +92,61 @@ def test_settings_round_trip() -> None:
     assert ssh.compare_settings(saved, {NODE0_2M: "3", ssh.SYSCTL: "1"}) == []
     assert ssh.compare_settings(saved, {NODE0_2M: "2"}) == [
         f"{NODE0_2M}: was 3, reads 2", f"{ssh.SYSCTL}: was 1, reads nothing"]
+
+
+def test_saved_state_on_the_target_round_trip() -> None:
+    saved = {NODE0_2M: "3", ssh.SYSCTL: "1"}
+    text = ssh.state_text(saved, "b0-07", "0123456789abcdef", 1700000000)
+    # The settings read as before (parse_settings skips the state's own words).
+    assert ssh.parse_settings(text) == saved
+    listing = (f"== /tmp/hvo-harness.AAAA/saved.state\n{text}running 4242\n"
+               "== /var/tmp/hvo-harness.BBBB/saved.state\n"  # an older harness's: settings only
+               f"{NODE0_2M} 5\n")
+    first, second = ssh.parse_saved_states(listing)
+    assert first == ssh.SavedState("/tmp/hvo-harness.AAAA/saved.state", saved, "b0-07",
+                                   1700000000.0, "4242")
+    assert first.directory == "/tmp/hvo-harness.AAAA"
+    assert second.saved == {NODE0_2M: "5"} and second.boot_id is None and second.running is None
+    assert ssh.parse_saved_states("") == []
+    # Every place a run can lay its directory out is looked at.
+    for base in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
+        assert f"{base}/hvo-harness.*/saved.state" in ssh.LIST_SAVED
+
+
+def test_the_oldest_saved_state_is_what_the_target_had() -> None:
+    """Two runs cut off in turn: the second saved what the first left changed; the first's
+    values are the ones from before either."""
+    old = ssh.SavedState("/tmp/hvo-harness.A/saved.state", {NODE0_2M: "0", ssh.SYSCTL: "1"}, "b", 100.0, None)
+    new = ssh.SavedState("/tmp/hvo-harness.B/saved.state", {NODE0_2M: "7", "/sys/devices/system/node/"
+                         "node1/hugepages/hugepages-2048kB/nr_hugepages": "2"}, "b", 200.0, None)
+    merged = ssh.merge_saved([new, old])
+    assert merged[NODE0_2M] == "0" and merged[ssh.SYSCTL] == "1" and len(merged) == 3
+
+
+def test_refusal_names_the_restore_command() -> None:
+    address = ssh.parse_address("ssh://root@192.0.2.7:2222")
+    state = ssh.SavedState("/tmp/hvo-harness.A/saved.state", {NODE0_2M: "0"}, "b", 100.0, "77")
+    line = ssh.unrestored_line(address, [state], Path("/k/id key"), Path("/k/known"))
+    assert line.startswith("ssh://root@192.0.2.7:2222 still has the settings of an earlier run saved (")
+    assert "/tmp/hvo-harness.A/saved.state" in line and "still running" in line
+    assert line.endswith(": run `hvo-harness restore --target ssh://root@192.0.2.7:2222 "
+                         "--identity '/k/id key' --known-hosts /k/known` first")
+    assert "\n" not in line
+    assert ssh.restore_hint(address, None, None) == "hvo-harness restore --target ssh://root@192.0.2.7:2222"
+
+
+def test_cli_restore_options(tmp_path: Path) -> None:
+    proc = run_cli("restore")
+    assert proc.returncode == 2 and "--target" in proc.stderr
+    assert "ssh://user@host" in one_error_line(run_cli("restore", "--target", "root@host"))
+    line = one_error_line(run_cli("restore", "--target", "ssh://root@127.0.0.1:9", "--identity",
+                                  str(tmp_path / "missing")))
+    assert "--identity" in line and "no such file" in line
+    key = tmp_path / "key"
+    _write_rsa(key)
+    line = one_error_line(run_cli("restore", "--target", f"ssh://root@127.0.0.1:{_closed_port()}",
+                                  "--identity", str(key), "--known-hosts", str(_empty(tmp_path / "kh"))))
+    assert "cannot connect" in line
 
 
 # -- the run's kernel log ---------------------------------------------------------------------------
@@ -338,9 +394,13 @@ class SshdGuest:
 
     def settings(self) -> dict[str, str]:
         """The guest's huge page settings and sysctl, read over a connection of the test's own."""
+        return ssh.parse_settings(self.sh(ssh.SAVE)[1])
+
+    def sh(self, command: str) -> tuple[int, str, str]:
+        """COMMAND run as root on the guest, over a connection of the test's own."""
         client = ssh.connect(ssh.parse_address(self.root), self.keys.client, self.known_hosts)
         try:
-            return ssh.parse_settings(ssh.Remote(client).check(ssh.SAVE, "reading the settings"))
+            return ssh.Remote(client).run(command)
         finally:
             client.close()
 
@@ -481,3 +541,74 @@ def test_sigterm_mid_run_restores_the_target(sshd_guest: SshdGuest, tmp_path: Pa
     assert run["ended"] == "interrupted" and run["verdict"] == "error"
     assert run["target"]["restored"] is True and run["target"]["not_restored"] == []
     assert sshd_guest.settings() == before
+
+
+@pytest.mark.boot
+def test_a_run_killed_with_sigkill_is_refused_until_restored(sshd_guest: SshdGuest, tmp_path: Path) -> None:
+    """SIGKILL gives the harness no chance to restore: the target keeps the run's saved state,
+    the next run refuses to start over it, and `restore` puts the settings back."""
+    before = sshd_guest.settings()
+    options = ["--identity", str(sshd_guest.keys.client), "--known-hosts", str(sshd_guest.known_hosts)]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*HARNESS, "run", "--target", sshd_guest.root, *options, "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "running the scenarios" in line:
+            break
+    directory = ""
+    try:
+        deadline = time.monotonic() + 60
+        # The driver on the target writes its process group first: then the scenarios run.
+        while time.monotonic() < deadline:
+            states = list(out.glob("*.ssh-state.json"))
+            if states:
+                directory = json.loads(states[0].read_text())["directory"]
+                if sshd_guest.sh(f"test -s {directory}/pgid")[0] == 0:
+                    break
+            time.sleep(0.5)
+        assert directory, "the run saved no state"
+        time.sleep(2)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    try:
+        # The driver may live on without the harness (nothing ends it there): hold it where it
+        # is, and leave changed what a cut-off scenario leaves changed (one more 2M page on
+        # node 0, the sysctl the other way).
+        group = sshd_guest.sh(f"cat {directory}/pgid")[1].strip()
+        running = sshd_guest.sh(f"kill -STOP -{group}")[0] == 0
+        changed = {NODE0_2M: str(int(before[NODE0_2M]) + 1),
+                   ssh.SYSCTL: "0" if before[ssh.SYSCTL] == "1" else "1"}
+        sshd_guest.sh("; ".join(f"echo {v} > {p}" for p, v in changed.items()))
+        assert {p: sshd_guest.settings()[p] for p in changed} == changed
+        assert sshd_guest.sh(f"test -f {directory}/saved.state")[0] == 0
+
+        refused = run_cli("run", "--target", sshd_guest.root, *options, "--out", str(tmp_path / "next"))
+        line = one_error_line(refused)
+        assert f"{sshd_guest.root} still has the settings of an earlier run saved" in line, line
+        assert f"{directory}/saved.state" in line and ("still running" in line) == running, line
+        assert line.endswith(f"run `hvo-harness restore --target {sshd_guest.root} "
+                             f"--identity {sshd_guest.keys.client} --known-hosts {sshd_guest.known_hosts}` "
+                             "first"), line
+        assert not (tmp_path / "next" / "results.json").exists()
+
+        restored = run_cli("restore", "--target", sshd_guest.root, *options)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert f"{NODE0_2M}: {changed[NODE0_2M]} -> {before[NODE0_2M]}" in restored.stdout, restored.stdout
+        assert f"{ssh.SYSCTL}: {changed[ssh.SYSCTL]} -> {before[ssh.SYSCTL]}" in restored.stdout
+        # Read back over a connection of the test's own: every setting as it was before the run.
+        assert sshd_guest.settings() == before
+        assert sshd_guest.sh(f"test -e {directory}")[0] != 0  # the saved state is gone
+        if running:  # and the run that lived on was ended, not left to change things again
+            assert f"ended the earlier run still running there (process group {group})" in restored.stdout
+            assert sshd_guest.sh(f"kill -0 -{group}")[0] != 0
+        assert sshd_guest.sh("ls -d /tmp/hvo-harness.* 2>/dev/null")[1].strip() == ""
+        again = run_cli("restore", "--target", sshd_guest.root, *options)
+        assert again.returncode == 0 and "nothing saved" in again.stdout, again.stdout + again.stderr
+    finally:
+        # Whatever failed above, the guest is left clean for the module's other tests.
+        with contextlib.suppress(Exception):
+            ssh.restore_target(ssh.parse_address(sshd_guest.root), sshd_guest.keys.client,
+                               sshd_guest.known_hosts)

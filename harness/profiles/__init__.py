@@ -124,6 +124,9 @@ class ArchProfile:
     # (LoongArch): it sees all the memory as one node, so such a boot is given one node of
     # the same total (qemu.guest_node_layout), never a node 1 the kernel cannot see.
     direct_boot_numa: bool = True
+    # Why this arch's guests boot on fresh RAM by default, not on the memory pool's reused
+    # files (harness/guest_memory.py); None: on the pool's files, as every arch does today.
+    fresh_memory: str | None = None
 
     @property
     def memory_mib(self) -> int:

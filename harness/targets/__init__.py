@@ -12,11 +12,14 @@ Targets today:
 - qemu.py: QEMU with the harness's initramfs (harness/qemu.py's argv, harness/guest.py's run);
 - vng.py: virtme-ng on this host's userspace (harness/vng.py's argv), otherwise as qemu.py;
 - ssh.py: a machine that is already running, reached over SSH, whose own command line says
-  what was allocated at boot.
+  what was allocated at boot;
+- lava.py: a job `hvo-harness export lava` wrote, run through LAVA's dispatcher (`lava-run`),
+  the report and kernel log read out of the dispatcher's log (`export lava --run`).
 The booting targets (qemu, vng) put the plan on the kernel command line; pipeline.boot() makes
-them (BOOT_TARGETS) and runs each through pipeline.run_target(); ssh.run_ssh() takes the same
-steps for `run --target`, with the plan the running kernel allows (the boot-time pages its
-command line asked for). Adding a target is adding a module here that satisfies Target.
+them (BOOT_TARGETS) and runs each through pipeline.run_target(); ssh.run_ssh() runs the SSH
+target through it too, for `run --target`, with the plan the running kernel allows (the
+boot-time pages its command line asked for: TargetFacts.boot_pages), and lava.run_job() the
+LAVA target. Adding a target is adding a module here that satisfies Target.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class TargetFacts:
     accel: Accel
     # The build variant of a kernel built from a tree ("debug+4k"): Run.variant.
     variant: str | None = None
+    # A running target's boot-time pages per size (bytes) and node, as its own command line
+    # asked for them: the plan's boot_pages (a size not in it: none). None for a booting
+    # target, which puts the plan's on the command line it boots.
+    boot_pages: dict[int, int] | None = None
 
 
 @dataclass
@@ -79,6 +86,10 @@ class TargetOutput:
     argv: list[str] = field(default_factory=list)
     # More of the run for Run.hugetlb (QEMU's exit status: "qemu_exit").
     details: dict[str, Any] = field(default_factory=dict)
+    # Run.memory: what the guest's RAM was (guest_memory.Backing.record(): the pool's files,
+    # reused or new, or fresh RAM and why); None where the target's memory is not the
+    # harness's to choose (a running machine).
+    memory: dict[str, Any] | None = None
 
 
 class Target(Protocol):
@@ -92,7 +103,12 @@ class Target(Protocol):
     what it could not put back is said in TargetOutput.record. A set-up problem (no route,
     a refused key, no root) is a HarnessError: one line naming the fix. reproducer() writes,
     for a run judged fail or error, what reruns it (a bundle directory), or gives None where
-    the target has nothing of the kind; OSError when it cannot be written."""
+    the target has nothing of the kind; OSError when it cannot be written.
+
+    Optional: finish(run) -> Run, the target's last word on its judged run, before the
+    reproducer (the SSH target: boot-time pages its command line did not ask for are skips
+    naming the reboot, and the kernel's log since boot judges those it did). A target without
+    it (qemu, vng) has its run as judged_run() judged it."""
 
     name: str  # "qemu", "vng", "ssh"
 
@@ -147,4 +163,5 @@ def judged_run(target: str, facts: TargetFacts, plan: Plan, output: TargetOutput
             **output.details,
         },
         target=None if output.record is None else {"type": target, **output.record},
+        memory=output.memory,
     )

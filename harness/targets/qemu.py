@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import bundle, guest, judge, kconfig, kmsg, protocol, qemu, structpage
+from harness import bundle, guest, guest_memory, judge, kconfig, kmsg, protocol, qemu, structpage
 from harness.plan import Plan
 from harness.profiles import ArchProfile
 from harness.results import Accel, Run
@@ -97,12 +97,15 @@ class QemuTarget:
     """One boot of KERNEL with hugetlb_free_vmemmap=HVO (harness.targets.Target).
 
     APPEND: the user's own kernel arguments, after the plan's; TIMEOUT: seconds before a guest
-    that has not ended is called hung and ended."""
+    that has not ended is called hung and ended; FRESH_MEMORY: boot on fresh RAM, not on the
+    memory pool's files (guest_memory.py), as `--fresh-memory` asks."""
 
     name = "qemu"
 
     def __init__(self, profile: ArchProfile, kernel: PreparedKernel, env: GuestEnvironment, hvo: str,
-                 append: str = "", timeout: float = 300.0, progress: Progress | None = None) -> None:
+                 append: str = "", timeout: float = 300.0, progress: Progress | None = None,
+                 fresh_memory: bool = False) -> None:
+        self.fresh_memory = fresh_memory
         self.arch_profile = profile
         self.kernel = kernel
         self.env = env
@@ -126,8 +129,15 @@ class QemuTarget:
     def _check(self, profile: ArchProfile) -> None:
         """What the kernel must have for this target to boot it (nothing for plain QEMU)."""
 
-    def _argv(self, profile: ArchProfile, files: qemu.GuestFiles, cmdline: str) -> list[str]:
-        return qemu.build_argv(profile, files, cmdline, self.env.accel)
+    def _argv(self, profile: ArchProfile, files: qemu.GuestFiles, cmdline: str,
+              memory: list[Path] | None = None) -> list[str]:
+        return qemu.build_argv(profile, files, cmdline, self.env.accel, memory)
+
+    def _why_fresh_memory(self, profile: ArchProfile) -> str | None:
+        """Why this boot gets fresh RAM and not the pool's files; None: it may have them."""
+        if self.fresh_memory:
+            return "--fresh-memory"
+        return profile.fresh_memory
 
     def _via(self) -> str:
         return self.env.accel.used
@@ -160,30 +170,37 @@ class QemuTarget:
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         cmdline = qemu.kernel_cmdline(profile, *plan.kernel_args(), self.append)
-        while True:
-            for stale in (files.results, files.dmesg):
-                stale.unlink(missing_ok=True)
-            argv = self._argv(profile, files, cmdline)
-            (out_dir / f"{stem}.{self.name}.sh").write_text(
-                "#!/bin/sh\n# Reproduce this boot by hand (the console is on stdio).\n"
-                + shlex.join(argv) + "\n"
-            )
-            if self.progress:
-                label = self.kernel.file_label
-                name = f"{profile.name} {label}" if label else profile.name
-                self.progress(f"{name}: booting with hugetlb_free_vmemmap={self.hvo} ({self._via()})")
-            outcome = guest.run(argv, console_log, self.timeout, stop=stop)
-            console = _read_text(console_log)
-            stopped_by_kvm = qemu.kvm_boot_failure(console) if self.env.accel.used == "kvm" else None
-            if stopped_by_kvm is None or (stop is not None and stop.is_set()):
-                break
-            # The probe let KVM through, and KVM then stopped the guest: an emulator failure,
-            # not the kernel's. Boot again under TCG (the reason goes into the run's accel)
-            # rather than call the kernel hung or failed.
-            if self.progress:
-                self.progress(f"{stem}: {stopped_by_kvm}: KVM cannot run this guest here; booting under TCG")
-            self.env = dataclasses.replace(self.env, accel=qemu.kvm_failed_in_boot(self.arch_profile,
-                                                                                   stopped_by_kvm))
+        with guest_memory.take(profile.node_mem_mib, self._why_fresh_memory(profile)) as backing:
+            while True:
+                for stale in (files.results, files.dmesg):
+                    stale.unlink(missing_ok=True)
+                argv = self._argv(profile, files, cmdline, backing.files)
+                # By hand, on fresh RAM: the pool's files are the harness's, for its own boots.
+                by_hand = self._argv(profile, files, cmdline)
+                memory_note = "" if backing.files is None else (
+                    "# The harness booted it on its memory pool's files (guest_memory.py); this\n"
+                    "# boots the same guest on fresh RAM.\n")
+                (out_dir / f"{stem}.{self.name}.sh").write_text(
+                    "#!/bin/sh\n# Reproduce this boot by hand (the console is on stdio).\n"
+                    + memory_note + shlex.join(by_hand) + "\n"
+                )
+                if self.progress:
+                    label = self.kernel.file_label
+                    name = f"{profile.name} {label}" if label else profile.name
+                    self.progress(f"{name}: booting with hugetlb_free_vmemmap={self.hvo} ({self._via()})")
+                outcome = guest.run(argv, console_log, self.timeout, stop=stop)
+                console = _read_text(console_log)
+                stopped_by_kvm = qemu.kvm_boot_failure(console) if self.env.accel.used == "kvm" else None
+                if stopped_by_kvm is None or (stop is not None and stop.is_set()):
+                    break
+                # The probe let KVM through, and KVM then stopped the guest: an emulator
+                # failure, not the kernel's. Boot again under TCG (the reason goes into the
+                # run's accel) rather than call the kernel hung or failed.
+                if self.progress:
+                    self.progress(f"{stem}: {stopped_by_kvm}: KVM cannot run this guest here; "
+                                  "booting under TCG")
+                accel = qemu.kvm_failed_in_boot(self.arch_profile, stopped_by_kvm)
+                self.env = dataclasses.replace(self.env, accel=accel)
         port_text = _read_text(files.results)
         report, channel = read_results(port_text, console)
         log = read_kernel_log(_read_text(files.dmesg), console)
@@ -191,7 +208,7 @@ class QemuTarget:
         # A full disk is reported by the results write that follows.
         with contextlib.suppress(OSError):
             kernel_log.write_text(log.text)
-        self.last = _Boot(stem, profile, self.env, cmdline, argv, files, console_log, kernel_log)
+        self.last = _Boot(stem, profile, self.env, cmdline, by_hand, files, console_log, kernel_log)
         return TargetOutput(
             port_text, log, outcome, channel,
             files={"console_log": str(console_log), "results_log": str(files.results),
@@ -199,6 +216,7 @@ class QemuTarget:
             report=report, cmdline=cmdline, accel=self._accel_record(), argv=argv,
             details={"qemu_exit": {"status": outcome.exit_status, "signal": outcome.exit_signal,
                                    "console_bytes": outcome.console_bytes}},
+            memory=backing.record(),
         )
 
     def reproducer(self, run: Run, out_dir: Path) -> Path | None:

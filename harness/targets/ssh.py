@@ -20,6 +20,10 @@
   after it, also after Ctrl-C, SIGTERM or an error, and after a dropped connection once it is
   made again; each is read back, and what does not read as it did is listed in the results
   (Run.target.not_restored), as is a target that could not be reached again.
+- A target that still holds the saved state of an earlier run that was not restored (the
+  connection never came back, the harness was killed with SIGKILL) is refused: one line names
+  `hvo-harness restore --target ...` (restore_target()), which writes the saved settings back,
+  reads them back and removes the state.
 """
 
 from __future__ import annotations
@@ -35,20 +39,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
-from harness import artefacts, dmesg, guest_helper, judge, kconfig, kmsg, structpage
+from harness import artefacts, dmesg, guest_helper, judge, kconfig, kmsg, pipeline, structpage
 from harness.errors import HarnessError
 from harness.guest import GuestOutcome
 from harness.initramfs import GUEST_SCRIPTS
-from harness.plan import Plan, make_plan
+from harness.plan import Plan
 from harness.profiles import ARCH_NAMES, ArchProfile, get_profile, size_label
 from harness.results import Accel, Finding, KernelInfo, Results, Run, summarize
-from harness.targets import TargetFacts, TargetOutput, judged_run
+from harness.targets import TargetFacts, TargetOutput
 
 Progress = Callable[[str], None]
 DEFAULT_PORT = 22
@@ -65,6 +70,9 @@ _UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _MACHINES = {"x86_64": "x86_64", "riscv64": "riscv64", "loongarch64": "loongarch64"}
 SETTINGS_GLOB = "/sys/devices/system/node/node*/hugepages/hugepages-*/nr_hugepages"
 SYSCTL = "/proc/sys/vm/hugetlb_optimize_vmemmap"
+# Where a run lays its directory out (the first that takes executables) and keeps its state.
+RUN_BASES = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+STATE_NAME = "saved.state"
 
 
 @dataclass(frozen=True)
@@ -377,6 +385,91 @@ def compare_settings(saved: dict[str, str], now: dict[str, str]) -> list[str]:
             for path, value in saved.items() if now.get(path) != value]
 
 
+def state_text(saved: dict[str, str], boot_id: str, token: str, saved_at: float) -> str:
+    """<run directory>/saved.state: the settings as 'path value' lines (parse_settings reads
+    them), with the boot they belong to (a reboot has put them back itself), the run's token
+    and when they were saved."""
+    head = f"boot_id {boot_id}\ntoken {token}\nsaved_at {saved_at:.0f}\n"
+    return head + "".join(f"{path} {value}\n" for path, value in saved.items())
+
+
+# (`kill -SIG -PGID`, never `kill -SIG -- -PGID`: busybox sh's and dash's kill builtins take
+# no `--`, and fail on it without signalling anything.)
+# Every run's saved state on the target, one '== <path>' block each (its saved.state, then
+# 'running PGID' while the run's process group lives: its driver outlived the harness).
+LIST_SAVED = ("for f in " + " ".join(f"{base}/hvo-harness.*/{STATE_NAME}" for base in RUN_BASES)
+              + "; do [ -f \"$f\" ] || continue; echo \"== $f\"; cat \"$f\"; echo; "
+              f"pg=$(cat \"${{f%/{STATE_NAME}}}/pgid\" 2>/dev/null); "
+              "[ -n \"$pg\" ] && kill -0 \"-$pg\" 2>/dev/null && echo \"running $pg\"; done; true")
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """One run's saved state on the target (<directory>/saved.state)."""
+
+    path: str
+    saved: dict[str, str]
+    boot_id: str | None  # None: saved by a harness that did not record it
+    saved_at: float | None
+    running: str | None  # the run's process group, while it lives
+
+    @property
+    def directory(self) -> str:
+        return self.path.rsplit("/", 1)[0]
+
+    def describe(self) -> str:
+        when = (f", saved {datetime.fromtimestamp(self.saved_at, UTC):%Y-%m-%d %H:%M} UTC"
+                if self.saved_at is not None else "")
+        running = f", its run still running (process group {self.running})" if self.running else ""
+        return f"{self.path}: {len(self.saved)} settings{when}{running}"
+
+
+def parse_saved_states(text: str) -> list[SavedState]:
+    """LIST_SAVED's output -> the saved states it lists."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("== "):
+            blocks.append((line[3:].strip(), []))
+        elif blocks:
+            blocks[-1][1].append(line)
+    states = []
+    for path, lines in blocks:
+        words = dict(line.strip().partition(" ")[::2] for line in lines if line.strip())
+        saved_at = words.get("saved_at", "")
+        states.append(SavedState(path, parse_settings("\n".join(lines)), words.get("boot_id") or None,
+                                 float(saved_at) if saved_at.isdigit() else None,
+                                 words.get("running") or None))
+    return states
+
+
+def merge_saved(states: list[SavedState]) -> dict[str, str]:
+    """The settings to write back: each as the oldest state has it. A run that started over
+    an earlier one's leftovers saved those; the earliest saved what the target had first."""
+    merged: dict[str, str] = {}
+    order = sorted(states, key=lambda s: s.saved_at if s.saved_at is not None else float("inf"),
+                   reverse=True)
+    for state in order:  # newest first: older ones write over it
+        merged.update(state.saved)
+    return merged
+
+
+def restore_hint(address: SshAddress, identity: Path | None, known_hosts: Path | None) -> str:
+    """The command that puts an earlier run's saved settings back on ADDRESS."""
+    words = ["hvo-harness", "restore", "--target", address.text]
+    if identity is not None:
+        words += ["--identity", shlex.quote(str(identity))]
+    if known_hosts is not None:
+        words += ["--known-hosts", shlex.quote(str(known_hosts))]
+    return " ".join(words)
+
+
+def unrestored_line(address: SshAddress, states: list[SavedState], identity: Path | None,
+                    known_hosts: Path | None) -> str:
+    where = "; ".join(state.describe() for state in states)
+    return (f"{address.text} still has the settings of an earlier run saved ({where}): run "
+            f"`{restore_hint(address, identity, known_hosts)}` first")
+
+
 @dataclass
 class _Session:
     """What one run keeps on the target and on the host."""
@@ -411,6 +504,8 @@ class SshTarget:
         self.before_run: BeforeRun | None = None
         # Tests: called with the remote driver's start, to do things to the connection.
         self.on_started: Callable[[SshTarget], None] | None = None
+        # The boot-time pages per size the target's command line asked for: set by prepare().
+        self.boot_pages: dict[int, int] = {}
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -439,10 +534,8 @@ class SshTarget:
 
     def prepare(self) -> TargetFacts:
         remote = self._remote()
-        uid = remote.check("id -u", "`id -u`").strip()
-        if uid != "0":
-            raise HarnessError(f"{self.address.text}: {self.address.user} is not root (uid {uid}): the "
-                               "SSH target writes /sys and /proc/sys: connect as root (ssh://root@HOST)")
+        check_root(remote, self.address)
+        self._refuse_unrestored(remote)
         machine = remote.check("uname -m", "`uname -m`").strip()
         arch = _MACHINES.get(machine)
         if arch is None:
@@ -454,6 +547,31 @@ class SshTarget:
         facts = self._facts(remote, profile, self.directory)
         return facts
 
+    def _refuse_unrestored(self, remote: Remote) -> None:
+        """An earlier run's saved state still on the target: its settings may be left changed,
+        and this run would save those as the target's own. Refused until `restore`; a state of
+        an earlier boot is only a leftover (the reboot put the settings back): removed."""
+        boot_id = remote.run("cat /proc/sys/kernel/random/boot_id")[1].strip()
+        states = parse_saved_states(remote.check(LIST_SAVED, "looking for an earlier run's saved state"))
+        stale = [state for state in states if state.boot_id is not None and state.boot_id != boot_id]
+        for state in stale:
+            remote.run(f"rm -rf {shlex.quote(state.directory)}")
+            self.progress(f"{self.address.text}: removed {state.directory}, saved by a run in an earlier "
+                          "boot (the reboot put its settings back)")
+        left = [state for state in states if state not in stale]
+        if left:
+            raise HarnessError(unrestored_line(self.address, left, self.identity, self.known_hosts))
+
+    def finish(self, run: Run) -> Run:
+        """Target.finish: the judged run as a running machine has it (_run_record): boot-time
+        pages are the command line's and the kernel's log since boot; a dropped connection
+        to a kernel that lived on is the network's error, not the kernel's failure."""
+        run = _run_record(run, self.boot_pages, self.before_run)
+        rebooted = bool((run.target or {}).get("rebooted"))
+        if run.ended == "connection-lost" and not rebooted and run.verdict == "fail" and not run.findings:
+            run.verdict = "error"
+        return run
+
     def _lay_out(self, remote: Remote, profile: ArchProfile) -> str:
         """A fresh directory on the target with busybox, hvoh, scenarios.sh and the driver;
         in the first of /tmp, /var/tmp, /run, /dev/shm where they can be executed (noexec)."""
@@ -462,7 +580,7 @@ class SshTarget:
         helper = guest_helper.build(source, profile).read_bytes()
         scenarios = (GUEST_SCRIPTS / "scenarios.sh").read_bytes()
         tried = []
-        for base in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
+        for base in RUN_BASES:
             status, out, err = remote.run(f"mktemp -d {base}/hvo-harness.XXXXXXXX")
             if status != 0:
                 tried.append(f"{base}: {err.strip() or 'mktemp failed'}")
@@ -521,7 +639,9 @@ class SshTarget:
         )
         facts = judge.KernelFacts(kconfig.page_size(config or {}) or page_size, struct_page, hvo_built)
         accel = Accel("none", f"not booted by the harness: the running kernel of {self.address.text}")
-        return TargetFacts(profile, facts, info, cmdline, hvo, accel)
+        self.boot_pages = boot_pages_from_cmdline(cmdline, len(profile.node_mem_mib),
+                                                  _default_huge_size(profile, facts.page_size))
+        return TargetFacts(profile, facts, info, cmdline, hvo, accel, boot_pages=self.boot_pages)
 
     def _struct_page(self, remote: Remote) -> structpage.StructPage:
         """sizeof(struct page) from the running kernel's own BTF (/sys/kernel/btf/vmlinux)."""
@@ -559,6 +679,8 @@ class SshTarget:
     def run(self, plan: Plan, facts: TargetFacts, out_dir: Path,
             stop: threading.Event | None = None) -> TargetOutput:
         assert self.directory is not None, "prepare() first"
+        self.progress(f"{self.address.text}: running the scenarios (hugetlb_free_vmemmap={facts.hvo}, "
+                      f"{len(facts.profile.node_mem_mib)} nodes, {facts.facts.page_size // 1024}K pages)")
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = self.stem(facts)
         console_log, results_log = out_dir / f"{stem}.console.log", out_dir / f"{stem}.results.ktap"
@@ -576,8 +698,8 @@ class SshTarget:
         state = {"target": self.address.text, "directory": directory, "token": token,
                  "boot_id": session.boot_id, "saved": saved}
         session.state_file.write_text(json.dumps(state, indent=2) + "\n")
-        saved_text = "".join(f"{p} {v}\n" for p, v in saved.items())
-        remote.put(f"{directory}/saved.state", saved_text.encode(), 0o644)
+        state_on_target = state_text(saved, session.boot_id, token, time.time())
+        remote.put(f"{directory}/{STATE_NAME}", state_on_target.encode(), 0o644)
         remote.put(f"{directory}/plan.cmdline", (plan_cmdline(facts.cmdline, plan) + "\n").encode(), 0o644)
         start = time.monotonic()
         record: dict[str, Any] = {"address": self.address.text, "host_key": self.host_key,
@@ -626,6 +748,9 @@ class SshTarget:
             if self.remote is not None and self.remote.alive() and record.get("restored"):
                 self.remote.run(f"rm -rf {shlex.quote(directory)}")
                 self.directory = None
+        if self.directory is not None:
+            # Kept on the target only while something there is not restored: say where.
+            record["left_on_target"] = self.directory
         outcome = GuestOutcome(ended, reason, None, time.monotonic() - start, status)
         return TargetOutput(report_text, log, outcome, f"ssh: {directory}/results.ktap",
                             files={"console_log": str(console_log), "results_log": str(results_log),
@@ -707,8 +832,8 @@ class SshTarget:
             if ended != "done":
                 # The driver and its children are one process group: end them all first.
                 remote.run(f"pg=$(cat {session.directory}/pgid 2>/dev/null) && [ -n \"$pg\" ] && "
-                           "kill -TERM -- -$pg 2>/dev/null; sleep 1; "
-                           f"[ -n \"$pg\" ] && kill -KILL -- -$pg 2>/dev/null; true")
+                           "kill -TERM -$pg 2>/dev/null; sleep 1; "
+                           f"[ -n \"$pg\" ] && kill -KILL -$pg 2>/dev/null; true")
             _, now_text, _ = remote.run(restore_command(session.saved), timeout=600.0)
         except ConnectionLost as lost:
             record["restored"] = False
@@ -844,36 +969,103 @@ def _run_record(run: Run, target_cmdline_pages: dict[int, int], before: BeforeRu
     return run
 
 
+def check_root(remote: Remote, address: SshAddress) -> None:
+    uid = remote.check("id -u", "`id -u`").strip()
+    if uid != "0":
+        raise HarnessError(f"{address.text}: {address.user} is not root (uid {uid}): the "
+                           "SSH target writes /sys and /proc/sys: connect as root (ssh://root@HOST)")
+
+
+@dataclass
+class RestoreReport:
+    """What `hvo-harness restore` did on a target."""
+
+    address: SshAddress
+    states: list[SavedState] = field(default_factory=list)  # of this boot: written back
+    stale: list[SavedState] = field(default_factory=list)  # of an earlier boot: removed only
+    ended: list[str] = field(default_factory=list)  # process groups of runs still running, ended
+    changed: list[str] = field(default_factory=list)  # 'path: was -> now'
+    unchanged: int = 0  # settings that already read as saved
+    not_restored: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        where = self.address.text
+        out = [f"{where}: removed {s.directory}: saved in an earlier boot (boot_id {s.boot_id}), which "
+               "the reboot put back" for s in self.stale]
+        if not self.states:
+            return [*out, f"{where}: nothing saved: no earlier run's settings to restore"]
+        out += [f"{where}: ended the earlier run still running there (process group {pg})"
+                for pg in self.ended]
+        paths = ", ".join(s.path for s in self.states)
+        if self.not_restored:
+            return [*out, f"{where}: NOT RESTORED (saved in {paths}, kept there): "
+                    + "; ".join(self.not_restored)]
+        out.append(f"{where}: restored the settings saved in {paths}:")
+        out += [f"  {line}" for line in self.changed]
+        out.append(f"  ({self.unchanged} other settings read back as saved)" if self.changed
+                   else f"  (all {self.unchanged} settings already read as saved)")
+        out.append(f"{where}: removed the saved state ({', '.join(s.directory for s in self.states)})")
+        return out
+
+
+def restore_target(address: SshAddress, identity: Path | None, known_hosts: Path | None) -> RestoreReport:
+    """`hvo-harness restore`: write back the settings earlier runs saved on the target and did
+    not restore, read them back, and remove their state when every one reads as saved (kept
+    otherwise, for another try). A run whose driver still runs there is ended first: its
+    scenarios would change the settings again under the restore."""
+    report = RestoreReport(address)
+    remote = Remote(connect(address, identity, known_hosts))
+    try:
+        check_root(remote, address)
+        boot_id = remote.run("cat /proc/sys/kernel/random/boot_id")[1].strip()
+        states = parse_saved_states(remote.check(LIST_SAVED, "looking for the saved state"))
+        report.stale = [s for s in states if s.boot_id is not None and s.boot_id != boot_id]
+        report.states = [s for s in states if s not in report.stale]
+        for state in report.stale:
+            remote.run(f"rm -rf {shlex.quote(state.directory)}")
+        if not report.states:
+            return report
+        for state in report.states:
+            if state.running:
+                # TERM, and CONT for a stopped one (TERM waits for it), then KILL what is left.
+                pg = shlex.quote(state.running)
+                remote.run(f"kill -TERM -{pg} 2>/dev/null; kill -CONT -{pg} 2>/dev/null; sleep 1; "
+                           f"kill -KILL -{pg} 2>/dev/null; true")
+                report.ended.append(state.running)
+        merged = merge_saved(report.states)
+        before = parse_settings(remote.run(SAVE)[1])
+        now = parse_settings(remote.run(restore_command(merged), timeout=600.0)[1])
+        report.not_restored = compare_settings(merged, now)
+        if report.not_restored:
+            return report
+        report.changed = [f"{path}: {before.get(path, 'nothing')} -> {value}"
+                          for path, value in sorted(merged.items()) if before.get(path) != value]
+        report.unchanged = len(merged) - len(report.changed)
+        remote.check("rm -rf " + " ".join(shlex.quote(s.directory) for s in report.states),
+                     "removing the saved state")
+    except ConnectionLost as lost:
+        raise HarnessError(f"{address.text}: the connection dropped while restoring ({lost}): run "
+                           f"`{restore_hint(address, identity, known_hosts)}` again") from None
+    finally:
+        remote.client.close()
+    return report
+
+
 def run_ssh(address: SshAddress, identity: Path | None, known_hosts: Path | None, out_dir: Path,
             on_run: Callable[[Results, int], None] | None = None, progress: Progress | None = None,
             stop: threading.Event | None = None, timeout: float = 600.0,
             results: Results | None = None, target: SshTarget | None = None) -> Results:
-    """One run of the plan on the target, judged into RESULTS (a new one when None).
+    """One run of the plan on the target, judged into RESULTS (a new one when None), by the
+    pipeline's one path (pipeline.run_target: prepare, plan, run, judge, finish, reproducer).
 
     A Ctrl-C or SIGTERM during it restores the target, saves the run so far (on_run), then is
     raised again for the caller."""
     target = target or SshTarget(address, identity, known_hosts, progress, timeout)
     results = results if results is not None else Results()
     try:
-        facts = target.prepare()
-        boot_pages = boot_pages_from_cmdline(facts.cmdline, len(facts.profile.node_mem_mib),
-                                             _default_huge_size(facts.profile, facts.facts.page_size))
-        base = make_plan(facts.profile, facts.facts.page_size, facts.hvo)
-        plan = dataclasses.replace(base, boot_pages={size: boot_pages.get(size, 0) for size in base.sizes})
-        if progress:
-            progress(f"{address.text}: running the scenarios (hugetlb_free_vmemmap={facts.hvo}, "
-                     f"{len(facts.profile.node_mem_mib)} nodes, {facts.facts.page_size // 1024}K pages)")
-        output = target.run(plan, facts, out_dir, stop)
-        if target.directory is not None:
-            # Kept on the target only while something there is not restored: say where.
-            output.record["left_on_target"] = target.directory
-        run = _run_record(judged_run("ssh", facts, plan, output), boot_pages, target.before_run)
-        if output.outcome.ended == "connection-lost" and not output.record.get("rebooted") \
-                and run.verdict == "fail" and not run.findings:
-            # The kernel lived on (same boot_id): the network failed, not the kernel.
-            run.verdict = "error"
+        run = pipeline.run_target(target, out_dir, progress, stop)
         results.runs.append(run)
-        results.complete = output.outcome.ended not in ("interrupted",)
+        results.complete = run.ended != "interrupted"
         if on_run:
             on_run(results, 1)
     finally:

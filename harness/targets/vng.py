@@ -6,6 +6,8 @@ fragment) and says where vng does not fit. Its hand-run script is '<stem>.vng.sh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness import qemu, vng
 from harness.profiles import ArchProfile
 from harness.targets.qemu import QemuTarget
@@ -24,10 +26,15 @@ class VngTarget(QemuTarget):
     def _check(self, profile: ArchProfile) -> None:
         vng.check_kernel(profile, self.kernel.config, self.kernel.variant)
 
-    def _argv(self, profile: ArchProfile, files: qemu.GuestFiles, cmdline: str) -> list[str]:
+    def _argv(self, profile: ArchProfile, files: qemu.GuestFiles, cmdline: str,
+              memory: list[Path] | None = None) -> list[str]:
+        assert memory is None, "vng lays out the guest's memory itself"
         env = self.env
         assert env.busybox is not None and env.helper is not None
         return vng.build_argv(profile, files, cmdline, env.accel, env.busybox, env.helper)
+
+    def _why_fresh_memory(self, profile: ArchProfile) -> str | None:
+        return "virtme-ng lays out the guest's memory itself (no memory files)"
 
     def _via(self) -> str:
         return f"{self.env.accel.used}, vng"

@@ -1,5 +1,14 @@
-"""LAVA job definitions for the harness's boots, validated with LAVA's own schema, and a local
-run of one through LAVA's dispatcher (`lava-run`), read back into the results schema.
+"""The LAVA target: LAVA job definitions for the harness's boots, validated with LAVA's own
+schema, and a local run of one through LAVA's dispatcher (`lava-run`), judged like every other
+target's run.
+
+LavaTarget (harness.targets.Target) runs one exported job through lava-run and brings back
+what every target brings back: the guest's KTAP report and the kernel log, read out of the
+dispatcher's log (the framed lines the test definition sends), and how the job ended.
+pipeline.run_target() then judges it (targets.judged_run: the same judge, source lines,
+decoded traces and checks as a QEMU boot) and writes a reproducer for a failed job (the job
+and its device dictionary). A job the dispatcher fails (a missing image, a test shell that
+timed out) is the test bed's error, never the kernel's pass.
 
 What a job is made of:
 - deploy to tmpfs: the kernel QEMU booted (`-kernel ... -append "<the plan's command line>"`,
@@ -14,7 +23,7 @@ What a job is made of:
   KTAP, calls lava-test-case once per KTAP result (so LAVA records each scenario: pass, fail or
   skip, as the guest saw it), and then sends the KTAP and the whole kernel log again framed with
   CRCs (hvoh frame / hvoh kmsg, as the harness's console channel does), which `read_back` takes
-  out of the dispatcher's log for the harness's own judge.
+  out of the dispatcher's log for LavaTarget.
 
 lava-common (LAVA's schemas) and PyYAML are Debian packages in the system python3
 (/usr/lib/python3/dist-packages); the project's venv does not see them
@@ -33,7 +42,9 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,11 +52,13 @@ from typing import Any
 from harness import artefacts, guest_helper, initramfs, kmsg, protocol, qemu
 from harness.cache import cache_dir
 from harness.errors import HarnessError
+from harness.guest import GuestOutcome
 from harness.judge import KernelFacts
 from harness.plan import Plan, make_plan
 from harness.profiles import ArchProfile, get_profile
-from harness.results import KernelInfo, Results, Run
+from harness.results import Accel, KernelInfo, Results, Run
 from harness.structpage import StructPage
+from harness.targets import TargetFacts, TargetOutput
 
 # The interpreter that has Debian's lava-common and python3-yaml (make deps installs them).
 LAVA_PYTHON = os.environ.get("HVO_LAVA_PYTHON", "/usr/bin/python3")
@@ -68,7 +81,7 @@ UNSUPPORTED_ARCHES: dict[str, str] = {
 # dispatcher drives the guest, so this one mounts what the scenarios read and gives LAVA a
 # shell on the console, with the prompt the job's boot action waits for.
 LAVA_INIT = f"""#!/bin/busybox sh
-# PID 1 of the hvo-harness LAVA ramdisk (harness/lava.py): LAVA's test shell runs the scenarios.
+# PID 1 of the hvo-harness LAVA ramdisk (harness/targets/lava.py): LAVA's test shell runs the scenarios.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -121,6 +134,7 @@ class BootSpec:
     firmware: Path | None  # riscv64: OpenSBI (-bios)
     plan: Plan
     facts: KernelFacts
+    variant: str | None = None  # a tree build's variant ("debug+4k"): Run.variant
 
     @property
     def arch(self) -> str:
@@ -200,7 +214,7 @@ def specs_from_results(results: Results, origin: Path) -> list[BootSpec]:
         stem = (Path(run.console_log).name.removesuffix(".console.log")
                 or f"{run.arch}-hvo-{run.hvo.requested}")
         specs.append(BootSpec(stem, profile, run.hvo.requested, run.cmdline, Path(kernel), run.kernel, args,
-                              profile.memory_mib, firmware, plan, facts))
+                              profile.memory_mib, firmware, plan, facts, run.variant))
     if not specs:
         raise HarnessError(f"{origin} has no QEMU boot to export (every run was skipped or booted with "
                            "vng): export the results of a `hvo-harness run`, or give --arch")
@@ -221,7 +235,7 @@ def spec_for_boot(profile: ArchProfile, kernel: Any, hvo: str, append: str = "")
     argv = qemu.build_argv(booted, files, cmdline, qemu.AccelChoice("tcg", "a LAVA job runs under TCG"))
     args, firmware = machine_args(argv)
     return BootSpec(pipeline.boot_stem(booted, kernel, hvo), booted, hvo, cmdline, kernel.image.path,
-                    kernel.info, args, booted.memory_mib, firmware, plan, facts)
+                    kernel.info, args, booted.memory_mib, firmware, plan, facts, kernel.variant)
 
 
 def check_arches(arches: list[str]) -> None:
@@ -517,27 +531,64 @@ def device_dictionary(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The dispatcher's scratch directory for a job is DISPATCHER_TMP/<job id> (lava_common.constants
+# DISPATCHER_DOWNLOAD_DIR; no --dispatcher config, so no prefix). lava-run removes it when the
+# job ends, but not when it is killed.
+DISPATCHER_TMP = Path("/var/lib/lava/dispatcher/tmp")
+_VERSION = re.compile(r"^lava-dispatcher, installed at version: (?P<version>\S+)")
+
+
 @dataclass
-class DispatcherRun:
-    returncode: int
-    seconds: float
-    log: str  # the dispatcher's log (YAML records), as lava-run printed it
+class DispatcherLog:
+    """What a lava-run log says (parse_dispatcher_log)."""
+
     console: str  # the target's output, one line per record of level "target"
     lava_results: list[dict[str, str]]  # each lava-test-case the dispatcher recorded
     error: str | None  # the job's error, when it ended in one
+    # LAVA's own result of the job (definition lava, case job): "pass" | "fail"; None: the log
+    # has none (lava-run was ended before it could say).
+    job_result: str | None
+    version: str | None  # lava-dispatcher's version, as lava-run logs it first
+
+
+@dataclass
+class DispatcherRun:
+    """One lava-run of a job: how it ended and what its log says."""
+
+    # lava-run's exit status (0: LAVA's job result pass, 1: any failure); None: the harness
+    # ended it (ended_by) before it exited.
+    returncode: int | None
+    seconds: float
+    log_path: Path  # the dispatcher's log (JSON records), as lava-run printed it
+    log: DispatcherLog
+    ended_by: str | None = None  # "timeout" | "stop": the harness ended lava-run
+    timeout: float = 0.0
+
+    @property
+    def console(self) -> str:
+        return self.log.console
+
+    @property
+    def error(self) -> str | None:
+        return self.log.error
+
+    @property
+    def lava_results(self) -> list[dict[str, str]]:
+        return self.log.lava_results
 
 
 _YAML_TAG = re.compile(r': ! (?=")')
 
 
-def parse_dispatcher_log(text: str) -> tuple[str, list[dict[str, str]], str | None]:
+def parse_dispatcher_log(text: str) -> DispatcherLog:
     """The console (the records of level "target", one line each), the test cases LAVA
-    recorded (level "results", those of the test definition) and the job's error (the first
-    record of level "error", else a failed job result's error_msg) of a lava-run log: one JSON
-    record a line, {"dt": ..., "lvl": ..., "msg": ...}, as lava-run prints it without --url."""
+    recorded (level "results", those of the test definition), LAVA's result of the job and its
+    error (the failed job result's error_msg, which names the cause, else the first record of
+    level "error") of a lava-run log: one JSON record a line, {"dt": ..., "lvl": ..., "msg": ...},
+    as lava-run prints it without --url."""
     console: list[str] = []
     cases: list[dict[str, str]] = []
-    error = None
+    job_error = first_error = job_result = version = None
     for line in text.splitlines():
         try:
             record = json.loads(line)
@@ -556,98 +607,190 @@ def parse_dispatcher_log(text: str) -> tuple[str, list[dict[str, str]], str | No
         elif lvl == "results" and isinstance(msg, dict):
             if msg.get("definition") not in (None, "lava"):
                 cases.append({key: str(msg[key]) for key in ("definition", "case", "result") if key in msg})
-            elif msg.get("case") == "job" and msg.get("result") != "pass" and error is None:
-                error = str(msg.get("error_msg") or "the job failed").strip()
-        elif lvl == "error" and error is None and isinstance(msg, str):
-            error = msg
-    return "\n".join(console) + "\n", cases, error
+            elif msg.get("case") == "job":
+                job_result = str(msg.get("result"))
+                if job_result != "pass":
+                    job_error = str(msg.get("error_msg") or "").strip() or None
+        elif lvl == "error" and first_error is None and isinstance(msg, str):
+            # Mostly LAVA's help line ("JobError: Your job cannot terminate cleanly."): the
+            # job result's error_msg says more, when there is one.
+            first_error = msg
+        elif lvl == "info" and version is None and isinstance(msg, str) and (m := _VERSION.match(msg)):
+            version = m["version"]
+    error = job_error or first_error
+    if error is None and job_result not in (None, "pass"):
+        error = "the job failed"
+    return DispatcherLog("\n".join(console) + "\n", cases, error, job_result, version)
 
 
-def run_dispatcher(job_yaml: Path, device_yaml: Path, out_dir: Path, timeout: float = 900.0) -> DispatcherRun:
-    """One job through lava-run on this machine; its log is DIR/lava-run.log."""
+def run_dispatcher(job_yaml: Path, device_yaml: Path, out_dir: Path, timeout: float = 900.0,
+                   stop: threading.Event | None = None) -> DispatcherRun:
+    """One job through lava-run on this machine; its log is DIR/lava-run.log. STOP set (Ctrl-C
+    in another thread) or TIMEOUT seconds passed: lava-run and its QEMU are ended. Whichever way
+    it ends, lava-run's scratch directory (DISPATCHER_TMP/<job id>) does not stay behind."""
     if shutil.which(LAVA_RUN) is None:
         raise HarnessError("lava-run not found: run `make deps` (Debian package lava-dispatcher)")
     work = out_dir / "dispatcher"
     work.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    # The job id names the dispatcher's scratch directory (/var/lib/lava/dispatcher/tmp/<id>):
-    # one per process, so two runs at once do not share it.
-    argv = [LAVA_RUN, "--job-id", f"hvo-{os.getpid()}", "--output-dir", str(work),
+    # The job id names the dispatcher's scratch directory (DISPATCHER_TMP/<id>): one per
+    # process, so two runs at once do not share it.
+    job_id = f"hvo-{os.getpid()}"
+    argv = [LAVA_RUN, "--job-id", job_id, "--output-dir", str(work),
             "--device", str(device_yaml), str(job_yaml)]
     # The log goes straight to a file (it is most of a megabyte), and lava-run runs in a session
-    # of its own: on a timeout or Ctrl-C the whole group goes, QEMU (lava-run's child) with it.
+    # of its own: on a timeout, a stop or Ctrl-C the whole group goes, QEMU (lava-run's child)
+    # with it.
     log_path = out_dir / "lava-run.log"
-    returncode = -1
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            # Also after lava-run's own exit: anything it left running in its session (a QEMU
-            # of a job that failed half-way) goes too. The session is this run's alone.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    log = log_path.read_text(errors="replace")
-    if returncode == -1:
-        ended = {"lvl": "error", "msg": f"hvo-harness: lava-run ended after {timeout:.0f} s"}
-        log += json.dumps(ended) + "\n"
-    log_path.write_text(log)
-    console, cases, error = parse_dispatcher_log(log)
-    (out_dir / "console.log").write_text(console)
-    return DispatcherRun(returncode, time.monotonic() - start, log, console, cases, error)
+    returncode: int | None = None
+    ended_by: str | None = None
+    try:
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                deadline = start + timeout
+                while returncode is None:
+                    if stop is not None and stop.is_set():
+                        ended_by = "stop"
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        ended_by = "timeout"
+                        break
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        returncode = proc.wait(timeout=min(left, 0.5))
+            finally:
+                # Also after lava-run's own exit: anything it left running in its session (a
+                # QEMU of a job that failed half-way) goes too. The session is this run's alone.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    finally:
+        # lava-run removes it at the job's end, but a killed lava-run (timeout, stop, Ctrl-C,
+        # the OOM killer) does not: the next run of this pid would find its leftovers.
+        shutil.rmtree(DISPATCHER_TMP / job_id, ignore_errors=True)
+    text = log_path.read_text(errors="replace")
+    if ended_by is not None:
+        why = (f"lava-run ended after {timeout:.0f} s" if ended_by == "timeout"
+               else "lava-run was stopped")
+        text += json.dumps({"lvl": "error", "msg": f"hvo-harness: {why}"}) + "\n"
+        log_path.write_text(text)
+    log = parse_dispatcher_log(text)
+    (out_dir / "console.log").write_text(log.console)
+    return DispatcherRun(returncode, time.monotonic() - start, log_path, log, ended_by, timeout)
 
 
-def read_back(console: str) -> tuple[protocol.GuestReport, kmsg.KernelLog]:
-    """The guest's report and kernel log from a dispatcher run's console: the framed KTAP
-    (hvo-result:) and kernel log (hvo-kmsg:) lines the test definition sent, CRC-checked."""
+def read_back(console: str) -> tuple[str, protocol.GuestReport, kmsg.KernelLog]:
+    """The guest's report (its KTAP text, and parsed) and kernel log from a dispatcher run's
+    console: the framed KTAP (hvo-result:) and kernel log (hvo-kmsg:) lines the test definition
+    sent, CRC-checked."""
     lines, missing = kmsg.numbered_lines(console, kmsg.RESULT_TAG)
-    report = protocol.parse("\n".join(lines))
+    text = "\n".join(lines)
+    report = protocol.parse(text)
     report.garbled = len(missing)
     log = kmsg.merge(console, kmsg.parse_stream(console, framed=True))
-    return report, log
+    return text, report, log
 
 
-def judge_run(spec: BootSpec, dispatcher: DispatcherRun, out_dir: Path) -> Run:
-    """The dispatcher run judged by the harness's judge, as a results Run (backend "lava"): the
-    same plan and kernel facts as the boot it was made from."""
-    from harness import guest, judge
-    from harness.results import Accel
+def dispatcher_outcome(dispatcher: DispatcherRun, report_done: bool) -> GuestOutcome:
+    """How the job ended, in the terms the judge takes for every target: a job the dispatcher
+    failed is lava-run's exit 1 with LAVA's own reason (the judge's error, as a QEMU that
+    failed to run); the harness ending lava-run is a stop (error) or a hang (timeout)."""
+    seconds = dispatcher.seconds
+    if dispatcher.ended_by == "stop":
+        return GuestOutcome("interrupted", "the LAVA job was stopped: lava-run and its QEMU were ended",
+                            None, seconds, None)
+    if dispatcher.ended_by == "timeout":
+        return GuestOutcome("timeout", f"lava-run did not end within {dispatcher.timeout:.0f} s: the "
+                            "harness ended it and its QEMU", None, seconds, None)
+    status = dispatcher.returncode
+    if status != 0:
+        why = dispatcher.error or "no error in its log"
+        return GuestOutcome("exited", f"the LAVA dispatcher failed the job: {why} (lava-run exit {status}, "
+                            f"log {dispatcher.log_path})", None, seconds, status)
+    if dispatcher.log.job_result == "pass" and report_done:
+        return GuestOutcome("done", "the LAVA job ran to its end", None, seconds, 0)
+    # lava-run said the job passed (a test step that fails does not fail a LAVA job), but the
+    # guest's report did not come through whole.
+    result = dispatcher.log.job_result or "none"
+    return GuestOutcome("exited", f"the LAVA job ended (lava-run exit 0, job result {result}) before the "
+                        "guest's report was whole", None, seconds, 0)
 
-    report, log = read_back(dispatcher.console)
-    done = report.done and dispatcher.returncode == 0 and dispatcher.error is None
-    if done:
-        outcome = guest.GuestOutcome("done", "the LAVA job ran to its end", None, dispatcher.seconds, 0)
-    else:
-        why = dispatcher.error or f"lava-run exit {dispatcher.returncode}"
-        outcome = guest.GuestOutcome("exited", f"the LAVA job ended early: {why}", None, dispatcher.seconds,
-                                     dispatcher.returncode)
-    kernel_log = out_dir / f"{spec.name}.kernel.log"
-    kernel_log.write_text(log.text)
-    verdict = judge.judge(spec.profile, spec.plan, spec.facts, log, report, outcome)
-    return Run(
-        arch=spec.arch,
-        kernel=spec.kernel_info,
-        accel=Accel("tcg", "a LAVA job runs under TCG"),  # type: ignore[arg-type]
-        cmdline=spec.cmdline,
-        boot_seconds=None,
-        verdict=verdict.verdict,  # type: ignore[arg-type]
-        hvo=verdict.hvo,
-        findings=verdict.findings,
-        scenarios=verdict.scenarios,
-        console_log=str(out_dir / "console.log"),
-        verdict_reason=verdict.verdict_reason,
-        ended=outcome.ended,
-        hugetlb={"backend": "lava", "lava_run_log": str(out_dir / "lava-run.log"),
-                 "lava_test_cases": dispatcher.lava_results, "lava_error": dispatcher.error,
-                 "guest_env": report.env, "page_size": spec.facts.page_size,
-                 "results_channel": "console (framed, through LAVA's test shell)",
-                 "results_garbled": report.garbled,
-                 "kernel_log": {"path": str(kernel_log), **log.as_dict()},
-                 "seconds": round(dispatcher.seconds, 2)},
-    )
+
+_DEVICE_TYPE = re.compile(r"^device_type: *['\"]?(?P<type>[^'\"\s]+)", re.MULTILINE)
+
+
+class LavaTarget:
+    """One exported job of SPEC (its YAML at JOB_YAML, the device dictionary it runs on at
+    DEVICE_YAML) run through lava-run on this machine (harness.targets.Target). The plan is
+    the job's: it was put on the job's kernel command line when it was exported."""
+
+    name = "lava"
+
+    def __init__(self, spec: BootSpec, job_yaml: Path, device_yaml: Path, timeout: float = 900.0,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.job_yaml = job_yaml
+        self.device_yaml = device_yaml
+        self.timeout = timeout
+        self.progress = progress
+
+    def prepare(self) -> TargetFacts:
+        spec = self.spec
+        return TargetFacts(spec.profile, spec.facts, spec.kernel_info, spec.cmdline, spec.hvo,
+                           Accel("tcg", "a LAVA job runs under TCG (its context has no_kvm)"),
+                           variant=spec.variant)
+
+    def run(self, plan: Plan, facts: TargetFacts, out_dir: Path,
+            stop: threading.Event | None = None) -> TargetOutput:
+        if plan != self.spec.plan:
+            raise HarnessError(f"{self.spec.name}: the LAVA job boots the plan it was exported with, not "
+                               "this one: export the job again")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.progress:
+            self.progress(f"{self.spec.name}: running its LAVA job through lava-run")
+        dispatcher = run_dispatcher(self.job_yaml, self.device_yaml, out_dir, self.timeout, stop)
+        return self.output(dispatcher, out_dir)
+
+    def output(self, dispatcher: DispatcherRun, out_dir: Path) -> TargetOutput:
+        """What the dispatcher run brought back, as every target brings it back."""
+        report_text, report, log = read_back(dispatcher.console)
+        kernel_log = out_dir / f"{self.spec.name}.kernel.log"
+        # A full disk is reported by the results write that follows.
+        with contextlib.suppress(OSError):
+            kernel_log.write_text(log.text)
+        try:
+            match = _DEVICE_TYPE.search(self.job_yaml.read_text())
+        except OSError:
+            match = None
+        return TargetOutput(
+            report_text, log, dispatcher_outcome(dispatcher, report.done), f"lava: {dispatcher.log_path}",
+            files={"console_log": str(out_dir / "console.log"), "kernel_log": str(kernel_log)},
+            record={"job": str(self.job_yaml), "device": str(self.device_yaml),
+                    "device_type": match["type"] if match else "unknown",
+                    "dispatcher": f"lava-run {dispatcher.log.version or '(version not logged)'}",
+                    "job_result": dispatcher.log.job_result},
+            report=report, cmdline=self.spec.cmdline,
+            details={"lava_run_log": str(dispatcher.log_path), "lava_test_cases": dispatcher.lava_results,
+                     "lava_error": dispatcher.error, "lava_run_exit": dispatcher.returncode},
+        )
+
+    def reproducer(self, run: Run, out_dir: Path) -> Path | None:
+        """OUT_DIR/repro/<boot>/: the job, its device dictionary and the lava-run command that
+        runs them again (the job's file:// images are this machine's)."""
+        bundle = out_dir / "repro" / self.spec.name
+        bundle.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.job_yaml, bundle / "job.yaml")
+        shutil.copyfile(self.device_yaml, bundle / "device.yaml")
+        script = bundle / "lava-run.sh"
+        script.write_text(
+            "#!/bin/sh\n# Run this LAVA job again (as root; its images are file:// paths of the machine "
+            "that exported it).\n"
+            'cd "$(dirname "$0")" && exec lava-run --job-id hvo-repro --output-dir output '
+            "--device device.yaml job.yaml\n"
+        )
+        script.chmod(0o755)
+        return bundle
 
 
 # --- `hvo-harness export lava` ------------------------------------------------------------------
@@ -752,15 +895,22 @@ def export(request: ExportRequest, progress: Any = None) -> ExportOutcome:
     if request.run:
         spec = qemu_specs[0]
         run_dir = request.out / "lava-run" / spec.name
-        if progress:
-            progress(f"{spec.name}: running its LAVA job through lava-run")
-        dispatcher = run_dispatcher(request.out / f"{spec.name}.yaml",
-                                    request.out / "devices" / f"{spec.name}.yaml", run_dir)
-        outcome.run = judge_run(spec, dispatcher, run_dir)
+        target = LavaTarget(spec, request.out / f"{spec.name}.yaml",
+                            request.out / "devices" / f"{spec.name}.yaml", progress=progress)
+        outcome.run = run_job(target, run_dir, progress)
         results = Results(runs=[outcome.run], harness_version=_version())
         outcome.results_path = run_dir / "results.json"
         results.write(outcome.results_path)
     return outcome
+
+
+def run_job(target: LavaTarget, out_dir: Path, progress: Callable[[str], None] | None = None,
+            stop: threading.Event | None = None) -> Run:
+    """TARGET's job run and judged as every target's run is (pipeline.run_target: prepare,
+    plan, run, targets.judged_run, a reproducer when it fails)."""
+    from harness import pipeline
+
+    return pipeline.run_target(target, out_dir, progress, stop)
 
 
 def _version() -> str:
