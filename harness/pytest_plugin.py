@@ -18,12 +18,14 @@ Runners are thin: this calls the same pipeline functions as the CLI."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -323,6 +325,27 @@ def pytest_configure(config: pytest.Config) -> None:
     # which pytest 9.2 ignores, so groups are silently spread (pytest-xdist#1386).
     if config.getoption("--hvo-arch") and getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadscope"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `-n N` with --hvo-arch: a kernel's boots (HVO on and off) on one worker, one after
+    the other, so the second boots on the memory files the first one wrote (guest_memory.py)
+    rather than both at once on fresh memory, each slowing the other."""
+    if not config.getoption("--hvo-arch") or getattr(config.option, "dist", "no") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class KernelScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = nodeid.rsplit("::", 1)[0]
+            boot, _, rest = nodeid.partition("::")
+            if boot.startswith("hvo/") and rest:
+                # hvo/<arch>-<kernel>-hvo-<setting>::... -> hvo/<arch>-<kernel>
+                return re.sub(r"-hvo-[a-z]+$", "", boot)
+            return scope
+
+    return KernelScopeScheduling(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

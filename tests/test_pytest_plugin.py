@@ -57,10 +57,13 @@ def test_finding_fails_the_boot_item_with_excerpt_and_log(pytester: pytest.Pytes
     assert "boot" in failed and "2M/runtime/node0/hvo-on-sysctl" not in failed
 
 
-def test_xdist_keeps_each_boot_on_one_worker(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_xdist_keeps_each_kernels_boots_on_one_worker(pytester: pytest.Pytester, tmp_path: Path) -> None:
     """Under `-n 2` every item of a boot runs on the worker that booted it: were a boot's
     items spread, two workers would boot the same guest at once into the same log files
-    (as `--dist loadgroup` does with pytest 9.2, pytest-xdist#1386)."""
+    (as `--dist loadgroup` does with pytest 9.2, pytest-xdist#1386). And a kernel's two boots
+    (HVO on and off) share a worker, one after the other, so that the second reuses the
+    memory files of the first (harness/guest_memory.py) instead of both booting on fresh
+    memory at once."""
     pytest.importorskip("xdist")
     junit = tmp_path / "j.xml"
     result = pytester.runpytest_subprocess("--hvo-arch", "loongarch64", "-n", "2", "-v", "-p",
@@ -73,6 +76,7 @@ def test_xdist_keeps_each_boot_on_one_worker(pytester: pytest.Pytester, tmp_path
     assert set(workers_by_boot) == {"hvo/loongarch64-debian-hvo-on", "hvo/loongarch64-debian-hvo-off"}, \
         result.stdout.str()
     assert all(len(workers) == 1 for workers in workers_by_boot.values()), workers_by_boot
+    assert len(set().union(*workers_by_boot.values())) == 1, workers_by_boot
     cases = junit_cases(junit)
     for hvo in ("on", "off"):
         # Each planned scenario once: a boot's items run (and are reported) once.
