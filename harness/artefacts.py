@@ -39,14 +39,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
-
-from debian.deb822 import Deb822, PkgRelation
-from debian.debian_support import Version
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.cache import cache_dir, cache_root, sha256_file
 from harness.errors import DebugInfoUnavailable, HarnessError, KernelUnavailable
 from harness.profiles import ArchProfile, Firmware
+
+if TYPE_CHECKING:
+    # python-debian costs about 20 ms to import (chardet and more); only the apt steps (a
+    # download, a version to choose) need it, never a run on a warm cache.
+    from debian.deb822 import Deb822
+    from debian.debian_support import Version
+
+
+def _version(text: str) -> Version:
+    """A Debian version, to compare (python-debian imported only here, on the apt steps)."""
+    from debian.debian_support import Version
+
+    return Version(text)
 
 # The default suite: busybox, linux-source and the default kernel come from it.
 SUITE = "sid"
@@ -310,6 +320,8 @@ class _Apt:
                     or "not found" in str(error):
                 return None
             raise
+        from debian.deb822 import Deb822
+
         for record in Deb822.iter_paragraphs(text.splitlines()):
             if record.get("Package") == name and record.get("Version") == version:
                 return record
@@ -319,7 +331,7 @@ class _Apt:
         """The record of the newest version of NAME:ARCH in SUITE, or None if SUITE has none."""
         found = [version for got, version, where in self.versions([name], arch)
                  if got == name and where == suite]
-        return self.record(name, arch, max(found, key=Version)) if found else None
+        return self.record(name, arch, max(found, key=_version)) if found else None
 
     def download(self, name: str, arch: str, version: str, into: Path) -> Path:
         """`apt-get download NAME:ARCH=VERSION` into an empty directory; returns the .deb."""
@@ -544,7 +556,7 @@ def _suite_kernel_record(apt: _Apt, profile: ArchProfile, suite: str) -> Deb822 
     def rank(row: tuple[str, str]) -> tuple[Version, bool, Version]:
         match = pattern.match(row[0])
         assert match is not None
-        return Version(match.group(2)), match.group(1) == "binary", Version(row[1])
+        return _version(match.group(2)), match.group(1) == "binary", _version(row[1])
 
     name, version = max(rows, key=rank)
     record = apt.record(name, flavour, version)
@@ -562,7 +574,7 @@ def _package_kernel_record(apt: _Apt, profile: ArchProfile, spec: DebianKernelSp
             if name == spec.package]
     record = apt.record(spec.package, arch, spec.version) if any(v == spec.version for v, _ in rows) else None
     if record is None:
-        known = ", ".join(sorted({v for v, _ in rows}, key=Version, reverse=True)) or "none"
+        known = ", ".join(sorted({v for v, _ in rows}, key=_version, reverse=True)) or "none"
         raise HarnessError(
             f"--kernel {spec.text}: Debian ({', '.join(SUITES)}) has no {spec.package}:{arch} "
             f"{spec.version} (versions there: {known}): list them with "
@@ -573,6 +585,8 @@ def _package_kernel_record(apt: _Apt, profile: ArchProfile, spec: DebianKernelSp
 
 def _exact_dependency(record: Deb822, prefixes: tuple[str, ...]) -> tuple[str, str] | None:
     """The first Depends entry named PREFIX* with an exact version: (name, version)."""
+    from debian.deb822 import PkgRelation
+
     for alternatives in PkgRelation.parse_relations(record.get("Depends", "")):
         for relation in alternatives:
             version = relation.get("version")
@@ -808,7 +822,7 @@ def _fetch_debug_vmlinux(apt: _Apt, profile: ArchProfile, release: str, version:
         suite = next((where for name, got, where in rows if name == package and got == version), None)
         if suite is None:
             known = ", ".join(sorted({got for name, got, _ in rows if name == package},
-                                     key=Version, reverse=True)) or "none"
+                                     key=_version, reverse=True)) or "none"
             reason = (f"Debian ({', '.join(SUITES)}) has no {package}:{arch} {version} "
                       f"(versions there: {known})")
             _update_manifest(manifest, "vmlinux", {"absent": reason, "resolved": _now()},
@@ -1102,7 +1116,7 @@ def _fetch_source(apt: _Apt) -> Path:
     pattern = re.compile(r"^linux-source-([0-9]+\.[0-9]+)$")
     series = sorted(
         {m.group(1) for name in apt.pkgnames("linux-source-") if (m := pattern.match(name))},
-        key=Version,
+        key=_version,
         reverse=True,
     )
     record = None
@@ -1179,7 +1193,7 @@ def ensure_linux_source_at(series: str, version: str, *, progress: Progress | No
         rows = apt.versions([name], APT_ARCHITECTURES[0])
         if not any(got == version for package, got, _ in rows if package == name):
             known = ", ".join(sorted({got for package, got, _ in rows if package == name},
-                                     key=Version, reverse=True)) or "none"
+                                     key=_version, reverse=True)) or "none"
             raise HarnessError(f"Debian ({', '.join(SUITES)}) has no {name} {version} "
                                f"(versions there: {known})")
         record = apt.record(name, APT_ARCHITECTURES[0], version)

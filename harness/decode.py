@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,6 +62,19 @@ class NoDebugInfo:
 
 
 Debug = DebugKernel | NoDebugInfo
+
+
+# What was read from a vmlinux (its banner, its symbols' sizes, decoded addresses), kept for
+# the process: llvm-nm on a 400 MB Debian vmlinux takes about a second and each address the
+# script decodes about another, and every failing boot of one kernel (hvo on and off, the
+# findings tests' boots, a matrix) asks the same of the same file. Keyed by the file's
+# identity, so a rebuilt vmlinux at the same path is read again.
+_memo: dict[tuple[object, ...], Any] = {}
+
+
+def _file_key(path: Path) -> tuple[object, ...]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,13 +148,30 @@ def _missing_tools() -> list[str]:
     return [f"{name}{LLVM_SUFFIX}" for name in _LLVM_TOOLS if _tool(name) is None]
 
 
+def _nm_lines(vmlinux: Path) -> list[str]:
+    """`llvm-nm -n -S --defined-only VMLINUX`, run once per file and process: the banner's
+    address and size and the symbols' sizes both come from it (a second of llvm-nm each)."""
+    key = ("nm", *_file_key(vmlinux))
+    if key not in _memo:
+        nm = _tool("llvm-nm")
+        assert nm is not None
+        done = subprocess.run([nm, "-n", "-S", "--defined-only", str(vmlinux)], capture_output=True,
+                              text=True)
+        _memo[key] = done.stdout.splitlines()
+    return _memo[key]  # type: ignore[no-any-return]
+
+
 def vmlinux_banner(vmlinux: Path) -> str | None:
     """The linux_banner string in VMLINUX (its "Linux version ..." line), read at the symbol's
     address in the section that holds it; None when it has no such symbol."""
-    nm = _tool("llvm-nm")
-    assert nm is not None
-    done = subprocess.run([nm, "-S", "--defined-only", str(vmlinux)], capture_output=True, text=True)
-    row = next((line.split() for line in done.stdout.splitlines()
+    key = ("banner", *_file_key(vmlinux))
+    if key not in _memo:
+        _memo[key] = _read_banner(vmlinux)
+    return _memo[key]  # type: ignore[no-any-return]
+
+
+def _read_banner(vmlinux: Path) -> str | None:
+    row = next((line.split() for line in _nm_lines(vmlinux)
                 if line.endswith(" linux_banner") and len(line.split()) == 4), None)
     if row is None:
         return None
@@ -274,6 +306,18 @@ def decode_stacktrace(debug: DebugKernel, queries: list[str], return_addresses: 
     script then decodes the byte before, the call); else PCs, decoded where they are (-R)."""
     if not queries:
         return {}
+    # Answers (or their absence: None) from earlier calls on the same vmlinux and scripts.
+    base = ("decoded", *_file_key(debug.vmlinux), str(debug.tree), return_addresses)
+    missing = [query for query in queries if (*base, query) not in _memo]
+    if missing:
+        found = _run_decode_stacktrace(debug, missing, return_addresses)
+        for query in missing:
+            _memo[(*base, query)] = found.get(query)
+    return {query: chain for query in queries if (chain := _memo[(*base, query)]) is not None}
+
+
+def _run_decode_stacktrace(debug: DebugKernel, queries: list[str],
+                           return_addresses: bool) -> dict[str, Chain]:
     env = dict(os.environ, LLVM=LLVM_SUFFIX, LANG="C", LC_ALL="C")
     env.pop("CROSS_COMPILE", None)
     argv = ["bash", str(debug.tree / "scripts/decode_stacktrace.sh")]
@@ -282,8 +326,11 @@ def decode_stacktrace(debug: DebugKernel, queries: list[str], return_addresses: 
     argv.append(str(debug.vmlinux))
     # One line per query, tagged: the script passes every word but the symbol through.
     stdin = "".join(f"Q{index} {query}\n" for index, query in enumerate(queries))
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
-                          timeout=DECODE_TIMEOUT, errors="replace")
+    with tempfile.TemporaryDirectory(prefix="hvo-decode-") as tools:
+        if _nm_from_table(Path(tools), debug.vmlinux):
+            env["PATH"] = tools + os.pathsep + env.get("PATH", "")
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
+                              timeout=DECODE_TIMEOUT, errors="replace")
     answers: dict[str, Chain] = {}
     for line in done.stdout.splitlines():
         m = _DECODED_RE.match(line.strip())
@@ -295,6 +342,29 @@ def decode_stacktrace(debug: DebugKernel, queries: list[str], return_addresses: 
         if chain:
             answers[queries[int(m["index"])]] = chain
     return answers
+
+
+def _nm_from_table(tools: Path, vmlinux: Path) -> bool:
+    """An llvm-nm in TOOLS that answers `llvm-nm VMLINUX` from a table made once (and runs the
+    real one for anything else). decode_stacktrace.sh runs `nm VMLINUX` for every symbol it
+    looks up, about half a second each on a Debian vmlinux; the script and its other tools
+    stay the kernel's own. False (the real nm is used) when the table cannot be made."""
+    real = _tool("llvm-nm")
+    if real is None:
+        return False
+    table = tools / "vmlinux.nm"
+    with table.open("wb") as out:
+        made = subprocess.run([real, str(vmlinux)], stdout=out, stderr=subprocess.DEVNULL, check=False)
+    if made.returncode != 0:
+        return False
+    wrapper = tools / f"llvm-nm{LLVM_SUFFIX}"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$#" -eq 1 ] && [ "$1" = {shlex.quote(str(vmlinux))} ]; then '
+        f"exec cat {shlex.quote(str(table))}; fi\n"
+        f'exec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    return True
 
 
 def decode_findings(findings: list[Finding], debug: Debug | Callable[[], Debug], text: str) -> list[Finding]:
@@ -338,12 +408,18 @@ def symbol_sizes(vmlinux: Path) -> dict[str, set[int]]:
     """Each code symbol's size as kallsyms prints it after the "/" ("func+0x5c/0x2d0"): the
     distance to the next symbol's address, not the ELF size. A frame whose printed size is not
     one of its symbol's here is from another build: it is not decoded."""
-    nm = _tool("llvm-nm")
-    assert nm is not None
-    done = subprocess.run([nm, "-n", "--defined-only", str(vmlinux)], capture_output=True, text=True)
+    key = ("sizes", *_file_key(vmlinux))
+    if key not in _memo:
+        _memo[key] = _read_symbol_sizes(vmlinux)
+    return _memo[key]  # type: ignore[no-any-return]
+
+
+def _read_symbol_sizes(vmlinux: Path) -> dict[str, set[int]]:
     rows: list[tuple[int, str]] = []
-    for line in done.stdout.splitlines():
+    for line in _nm_lines(vmlinux):
         fields = line.split()
+        if len(fields) == 4:  # "address size type name"; a symbol of no size has no size field
+            del fields[1]
         if len(fields) == 3 and fields[1] in ("t", "T", "w", "W") and not _MAPPING_SYMBOL_RE.match(fields[2]):
             rows.append((int(fields[0], 16), fields[2]))
     sizes: dict[str, set[int]] = {}

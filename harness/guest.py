@@ -325,6 +325,10 @@ def _end(child: pexpect.spawn) -> bool:
             if child.isalive():
                 signalled = True
                 child.terminate(force=True)
+            if not child.isalive():
+                # Reaped already: ptyprocess's close() would otherwise sleep 0.1 s after
+                # closing the pty ("give the kernel time"), which only a live child needs.
+                child.ptyproc.delayafterclose = 0.0
             child.close(force=True)
             break
         except KeyboardInterrupt:
