@@ -65,23 +65,43 @@ def overhead(arch: str, repeat: int, work: Path) -> dict[str, object]:
     bare_seconds: list[float] = []
     fresh_seconds: list[float] = []
     argv: list[str] = []
-    pipeline.boot(profile, kernel, env, "on", work / "overhead-warm-up")
-    for index in range(repeat):
-        out = work / f"overhead-{index}"
+    warm_up = work / "overhead-warm-up"
+    run = pipeline.boot(profile, kernel, env, "on", warm_up)
+    if run.ended != "done":
+        raise SystemExit(f"bench: the {arch} boot did not finish ({run.verdict_reason})")
+
+    def harness_boot(out: Path) -> list[str]:
         started = time.monotonic()
         run = pipeline.boot(profile, kernel, env, "on", out)
         harness_seconds.append(time.monotonic() - started)
         if run.ended != "done":
             raise SystemExit(f"bench: the {arch} boot did not finish ({run.verdict_reason})")
-        # The command the harness ran for this very boot, run bare on the pool's files as the
-        # harness's was: QEMU until the guest powers off, output to a file (as the harness logs it).
+        return run.qemu_argv
+
+    def bare_boot(harness_argv: list[str], ran_in: Path, out: Path) -> list[str]:
+        # The command the harness ran, bare, on the pool's files as the harness's was: QEMU
+        # until the guest powers off, output to a file (as the harness logs it).
+        out.mkdir(parents=True, exist_ok=True)
         with guest_memory.take(profile.node_mem_mib) as backing:
-            argv = _bare_argv(run.qemu_argv, backing.files)
+            argv = [arg.replace(str(ran_in), str(out)) for arg in _bare_argv(harness_argv, backing.files)]
             started = time.monotonic()
             with open(out / "bare.console.log", "wb") as console:
                 subprocess.run(argv, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                timeout=600, check=False)
             bare_seconds.append(time.monotonic() - started)
+        return argv
+
+    last_argv, last_out = run.qemu_argv, warm_up
+    for index in range(repeat):
+        out = work / f"overhead-{index}"
+        # ABBA: the harness first in even pairs, the bare command first in odd ones, so that
+        # neither always has the host's quieter (or busier) moment of the pair.
+        if index % 2 == 0:
+            last_argv, last_out = harness_boot(out), out
+            argv = bare_boot(last_argv, last_out, out / "bare")
+        else:
+            argv = bare_boot(last_argv, last_out, out / "bare")
+            last_argv, last_out = harness_boot(out), out
         started = time.monotonic()
         pipeline.boot(profile, kernel, env, "on", work / f"overhead-fresh-{index}", fresh_memory=True)
         fresh_seconds.append(time.monotonic() - started)
@@ -98,7 +118,7 @@ def overhead(arch: str, repeat: int, work: Path) -> dict[str, object]:
         "fresh_memory_median": round(statistics.median(fresh_seconds), 2),
         "ratio": round(harness_median / bare_median, 3),
         "bare_command": shlex.join(argv),
-        "memory": run.memory,
+        "order": "ABBA: harness first in even pairs, bare first in odd ones",
     }
 
 
@@ -208,8 +228,8 @@ def bisect_step(repeat: int, arch: str = "riscv64", variant: str = "debug") -> d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="x86_64", help="arch of the overhead boot (default x86_64)")
-    parser.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "3")),
-                        help="repetitions of the overhead boot pair (default 3)")
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "6")),
+                        help="repetitions of the overhead boot pair (default 6, ABBA)")
     parser.add_argument("--matrix-repeat", type=int, default=int(os.environ.get("BENCH_MATRIX_REPEAT", "2")),
                         help="repetitions of each matrix timing (default 2)")
     parser.add_argument("--json", type=Path, default=REPO / "hvo-results" / "bench.json")
