@@ -243,13 +243,16 @@ def _evict_one(ledger: _Ledger, directory: Path, keep: Sequence[str], sizes: Seq
 
 
 def _take_files(ledger: _Ledger, directory: Path, node_mib: Sequence[int]) -> tuple[list[str], list[bool]]:
-    """An idle file for each node, the warmest of its size first; a new name where none is."""
+    """An idle file for each node: of its size, else larger (QEMU maps a node's size of a
+    larger file, so a riscv64 node's file serves an x86_64 node), the warmest first; a new
+    name where none is."""
     names: list[str] = []
     reused: list[bool] = []
     for mib in node_mib:
-        idle = [name for name in ledger.idle() if ledger.files[name]["mib"] == mib and name not in names]
+        idle = [name for name in ledger.idle() if ledger.files[name]["mib"] >= mib and name not in names]
         if idle:
-            name = max(idle, key=lambda name: _resident_mib(directory / name))
+            name = max(idle, key=lambda name: (ledger.files[name]["mib"] == mib,
+                                               _resident_mib(directory / name)))
             reused.append(_resident_mib(directory / name) > 0)
         else:
             name = f"{mib}M-{secrets.token_hex(4)}{SUFFIX}"
@@ -305,7 +308,8 @@ def _pool_backing(ledger: _Ledger, directory: Path, names: list[str], reused: li
     """The files NAMES for this boot, if the memory filesystem has room for all the guest may
     write to them: a guest writing to a full tmpfs dies of SIGBUS, which is QEMU's failure, not
     the kernel's, so such a boot gets fresh RAM instead."""
-    need = sum(mib - _resident_mib(directory / name) for name, mib in zip(names, node_mib, strict=True))
+    need = sum(mib - min(mib, _resident_mib(directory / name))
+               for name, mib in zip(names, node_mib, strict=True))
     while _free_mib(directory) < need and _evict_one(ledger, directory, names, node_mib):
         pass
     free = _free_mib(directory)
@@ -324,7 +328,8 @@ def _pool_backing(ledger: _Ledger, directory: Path, names: list[str], reused: li
             except OSError as error:
                 _remove(directory, name)
                 return _fresh(f"cannot make a memory file in {directory}: {error.strerror or error}")
-        ledger.files[name] = {"mib": mib, "user": pid, "owner": pid}
+        size = ledger.files[name]["mib"] if name in ledger.files else mib
+        ledger.files[name] = {"mib": size, "user": pid, "owner": pid}
     return Backing([directory / name for name in names], reused)
 
 

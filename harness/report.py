@@ -120,7 +120,19 @@ def boot_facts(run: Run) -> str:
         elif target.get("restored"):
             how += ", settings restored"
     return (f"kernel {_kernel_cell(run)} ({run.kernel.release or 'release unknown'}); "
-            f"HVO {run.hvo.state}: {run.hvo.reason}; {how}; console {run.console_log}")
+            f"HVO {run.hvo.state}: {run.hvo.reason}; {how}{memory_fact(run)}; console {run.console_log}")
+
+
+def memory_fact(run: Run) -> str:
+    """', memory ...': what the guest's RAM was (Run.memory), where the harness chose it."""
+    memory = run.memory or {}
+    if memory.get("backing") == "pool":
+        reused = memory.get("reused") or []
+        kind = "reused" if reused and all(reused) else "new" if not any(reused) else "partly reused"
+        return f", memory: {kind} pool files"
+    if memory.get("backing") == "fresh":
+        return f", memory: fresh RAM ({memory.get('why') or 'no reason recorded'})"
+    return ""
 
 
 def statement_lines(finding: Finding, limit: int | None = _STATEMENT_LINES) -> list[str]:

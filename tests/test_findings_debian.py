@@ -23,6 +23,9 @@ def test_bad_page_state_on_releasing_a_boot_time_1g_hvo_page_is_a_fail(tmp_path:
     kernel = pipeline.prepare_kernel(profile, "debian")
     env = pipeline.prepare_environment(profile)
     run = pipeline.boot(profile, kernel, env, "on", tmp_path, append=append)
+    # On the memory pool's files (the second of these boots on the files the first wrote):
+    # reused guest memory must not hide the finding (harness/guest_memory.py).
+    assert run.memory is not None and run.memory["backing"] == "pool", run.memory
     assert run.verdict == "fail"
     assert any("Bad page state" in f.excerpt for f in run.findings), run.verdict_reason
     released = next(s for s in run.scenarios if (s.size, s.mode, s.node) == ("1G", "boot", 0))

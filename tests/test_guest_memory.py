@@ -53,8 +53,12 @@ def test_a_boot_gets_a_file_per_node_and_the_next_boot_of_that_size_reuses_them(
     with guest_memory.take((64, 32)) as second:
         assert second.files == first.files
         assert second.reused == [True, True]
-    with guest_memory.take((16,)) as other_size:
-        assert other_size.files is not None and other_size.files[0] not in first.files
+    with guest_memory.take((128,)) as larger:
+        assert larger.files is not None and not set(larger.files) & set(first.files)
+    # A smaller node takes a larger idle file (QEMU maps the node's size of it), the one of
+    # its own size first.
+    with guest_memory.take((32, 16)) as smaller:
+        assert smaller.files == first.files[::-1] and smaller.reused == [True, True]
 
 
 def test_two_guests_at_once_never_share_a_file(pool: Path) -> None:
@@ -68,12 +72,12 @@ def test_a_file_written_into_holds_that_memory_against_the_budget(pool: Path,
     with guest_memory.take((64,)) as first:
         assert first.files is not None
         _touch(first.files[0], 48)
-    # 32 MiB busy, 48 MiB idle (72 in the budget's units) and 40 more asked: over a 100 MiB
-    # budget, so the idle file, of another size, gives way rather than the boot waiting.
+    # 32 MiB busy, 48 MiB idle (72 in the budget's units) and 65 more asked: over a 100 MiB
+    # budget, so the idle file, too small for the node, gives way rather than the boot waiting.
     monkeypatch.setenv("HVO_HARNESS_GUEST_MEMORY_MIB", "100")
-    with guest_memory.take((32,)) as busy:
-        assert busy.files is not None and first.files[0].exists()
-        with guest_memory.take((40,)) as second:
+    with guest_memory.take((32,), fresh="held by the test"):
+        assert first.files[0].exists()
+        with guest_memory.take((65,)) as second:
             assert second.files is not None
             assert not first.files[0].exists()
 
@@ -85,7 +89,7 @@ def test_a_file_a_boot_takes_again_is_not_counted_twice(pool: Path, monkeypatch:
     # 64 asked of a 100 MiB budget with 32 busy: it fits only because the 48 MiB the reused
     # file holds are part of the 64, not more on top of them.
     monkeypatch.setenv("HVO_HARNESS_GUEST_MEMORY_MIB", "100")
-    with guest_memory.take((32,)), guest_memory.take((64,)) as again:
+    with guest_memory.take((32,), fresh="held by the test"), guest_memory.take((64,)) as again:
         assert again.files == first.files and again.reused == [True]
 
 
@@ -178,6 +182,23 @@ def test_a_run_reuses_its_files_and_leaves_none(pool: Path, tmp_path: Path) -> N
     assert any("memory-backend-file" in arg for arg in runs[1]["qemu_argv"])
     by_hand = (out / "loongarch64-hvo-off.qemu.sh").read_text()
     assert "memory-backend-ram" in by_hand and "memory-backend-file" not in by_hand
+    said = " ".join(output.split())  # the report wraps its lines
+    assert "memory: new pool files" in said and "memory: reused pool files" in said, output
+    assert guest_memory.pool_files() == []
+
+
+@pytest.mark.boot
+def test_fresh_memory_boots_on_fresh_ram_and_says_so(pool: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    harness = _harness(["run", "--arch", "loongarch64", "--hvo", "on", "--fresh-memory", "--out", str(out)],
+                       pool)
+    output, _ = harness.communicate(timeout=600)
+    assert harness.returncode in (0, 1), output
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["memory"] == {"backing": "fresh", "why": "--fresh-memory"}
+    assert any(arg.startswith("memory-backend-ram,") for arg in run["qemu_argv"])
+    assert not any("memory-backend-file" in arg for arg in run["qemu_argv"])
+    assert "memory: fresh RAM (--fresh-memory)" in " ".join(output.split()), output
     assert guest_memory.pool_files() == []
 
 
