@@ -102,6 +102,9 @@ def overhead(arch: str, repeat: int, work: Path) -> dict[str, object]:
         else:
             argv = bare_boot(last_argv, last_out, out / "bare")
             last_argv, last_out = harness_boot(out), out
+    # After the pairs, not between them: the memory a fresh boot frees goes back to this
+    # machine's hypervisor (free page reporting) in the background, slowing whatever boots next.
+    for index in range(repeat):
         started = time.monotonic()
         pipeline.boot(profile, kernel, env, "on", work / f"overhead-fresh-{index}", fresh_memory=True)
         fresh_seconds.append(time.monotonic() - started)
