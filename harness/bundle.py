@@ -78,10 +78,13 @@ class BootRecord:
     timeout: float
     backend: str
     cmdline: str
-    argv: list[str]
+    argv: list[str]  # what ran (Run.qemu_argv)
     files: qemu.GuestFiles
     console_log: Path
     kernel_log: Path
+    # What repro.sh runs where it is not ARGV: the same boot on fresh RAM, for a boot that
+    # ran on the memory pool's files (harness/guest_memory.py), which are the harness's.
+    script_argv: list[str] | None = None
 
 
 def profile_record(profile: ArchProfile) -> dict[str, Any]:
@@ -303,12 +306,13 @@ def render_script(spec: dict[str, Any], record: BootRecord) -> str:
     for path, name in ((record.files.results, "results.ktap"), (record.files.dmesg, "dmesg.log")):
         substitutions[qemu._option_value(path)] = name
         substitutions[str(path)] = name
-    words = [_shell_word(arg, substitutions) for arg in record.argv]
+    script_argv = record.script_argv or record.argv
+    words = [_shell_word(arg, substitutions) for arg in script_argv]
     if record.backend == "qemu":
         words[0] = '"${QEMU}"'
     # One line per option and its value.
     argv_lines: list[str] = []
-    for word, arg in zip(words, record.argv, strict=True):
+    for word, arg in zip(words, script_argv, strict=True):
         if argv_lines and not arg.startswith("-") and argv_lines[-1].lstrip("'").startswith("-") \
                 and " " not in argv_lines[-1]:
             argv_lines[-1] += " " + word

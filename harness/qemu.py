@@ -102,6 +102,21 @@ def build_argv(
     return argv
 
 
+_MEMORY_FILE = re.compile(
+    r"^memory-backend-file,id=(?P<id>[^,]+),size=(?P<size>[^,]+),mem-path=[^,]*,share=on$")
+
+
+def on_fresh_ram(argv: list[str]) -> list[str]:
+    """ARGV with each node's memory pool file (build_argv's memory=) made fresh RAM again: the
+    same guest, for a command shown to or run by anyone but the harness (an upstream report,
+    a LAVA job, a script to boot by hand), since the pool's files are the harness's own."""
+    fresh = []
+    for arg in argv:
+        match = _MEMORY_FILE.match(arg)
+        fresh.append(f"memory-backend-ram,id={match['id']},size={match['size']}" if match else arg)
+    return fresh
+
+
 def guest_node_layout(profile: ArchProfile, layout: tuple[int, ...]) -> tuple[int, ...]:
     """The NUMA layout (MiB per node) a boot of PROFILE gives the kernel for LAYOUT: LAYOUT, or,
     where a kernel booted without firmware sees no NUMA nodes (profile.direct_boot_numa False,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import kconfig
+from harness import kconfig, qemu
 from harness.bundle import SCRIPT_NAME, SPEC_NAME, grep_pattern
 from harness.errors import HarnessError
 from harness.finding_groups import FindingGroup, group_findings
@@ -304,7 +304,7 @@ def _what_happens(results: Results, run: Run, groups: list[FindingGroup]) -> lis
         f"{name[:1].upper() + name[1:]}, booted under QEMU ({run.arch}, {accel}) with "
         f"hugetlb_free_vmemmap={run.hvo.requested}: {run.verdict_reason}. The boot ended: "
         f"{run.ended}{after}. HVO was {run.hvo.state} ({run.hvo.reason}).")
-    guest = _guest_text(run.qemu_argv)
+    guest = _guest_text(qemu.on_fresh_ram(run.qemu_argv))
     if guest:
         lines += ["", *_para(f"Guest: {guest}.")]
     if groups:
@@ -443,7 +443,7 @@ def harness_command(run: Run, spec: dict[str, Any] | None) -> list[str]:
         if source.get("config"):
             words += ["--config", str(source["config"])]
     words += ["--arch", run.arch, "--hvo", run.hvo.requested]
-    nodes = _node_sizes(run.qemu_argv)
+    nodes = _node_sizes(qemu.on_fresh_ram(run.qemu_argv))
     if nodes and tuple(nodes) != get_profile(run.arch).node_mem_mib:
         words += ["--node-mem", ",".join(str(n) for n in nodes)]
     append = (spec or {}).get("append")
@@ -455,7 +455,8 @@ def harness_command(run: Run, spec: dict[str, Any] | None) -> list[str]:
 def _qemu_lines(run: Run) -> list[str]:
     """The boot's QEMU argv as a shell script under WIDTH: the kernel and initramfs as
     variables, the kernel command line in $APPEND, the ports' files by their names."""
-    argv = run.qemu_argv
+    # On fresh RAM: the harness's memory pool files are not the reader's (the same guest).
+    argv = qemu.on_fresh_ram(run.qemu_argv)
     lines: list[str] = []
     words: list[str] = []
     index = 0

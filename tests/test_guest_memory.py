@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,12 +14,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness import guest_memory, qemu
+from harness import guest_memory, qemu, results, upstream
 from harness.profiles import get_profile
+from harness.targets import lava
 from tests.cli import HARNESS
+from tests.recorded import X86, document
 
 REPO = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
@@ -236,3 +240,32 @@ def test_a_killed_runs_files_go_at_the_next_start(pool: Path, tmp_path: Path) ->
     assert guest_memory.pool_files() == []
     # The killed harness's QEMU, orphaned, is not this test's to leave running.
     subprocess.run(["pkill", "-KILL", "-f", f"mem-path={pool}"], check=False)
+
+
+def _on_pool_files(doc: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's document as if the run had booted on the memory pool's files."""
+    run = doc["runs"][0]
+    run["qemu_argv"] = [
+        re.sub(r"^memory-backend-ram,id=(mem\d+),size=(\d+)M$",
+               r"memory-backend-file,id=\1,size=\2M,mem-path=/dev/shm/hvo-harness/\2M-0a1b2c3d.mem,share=on",
+               arg) for arg in run["qemu_argv"]]
+    assert any("memory-backend-file" in arg for arg in run["qemu_argv"])
+    run["memory"] = {"backing": "pool", "files": ["/dev/shm/hvo-harness/4096M-0a1b2c3d.mem"] * 2,
+                     "reused": [True, True]}
+    return doc
+
+
+def test_the_pools_files_stay_the_harnesss_in_reports_and_lava_jobs() -> None:
+    """An upstream report's QEMU command and a LAVA job made from a run on pool files boot the
+    same guest on fresh RAM: the files are the harness's, gone when it is done."""
+    fresh_doc = document(X86)
+    pooled = results.from_json(_on_pool_files(document(X86)))
+    text = upstream.render(pooled, upstream.select_run(pooled, None), Path("r.json"))
+    fresh = results.from_json(fresh_doc)
+    assert "/dev/shm/hvo-harness" not in text and "memory-backend-file" not in text
+    assert text == upstream.render(fresh, upstream.select_run(fresh, None), Path("r.json"))
+    spec, = lava.specs_from_results(pooled, Path("r.json"))
+    fresh_spec, = lava.specs_from_results(fresh, Path("r.json"))
+    assert spec.profile.node_mem_mib == fresh_spec.profile.node_mem_mib
+    assert spec.machine_args == fresh_spec.machine_args
+    assert not any("mem-path" in arg for arg in spec.machine_args)

@@ -196,9 +196,10 @@ def specs_from_results(results: Results, origin: Path) -> list[BootSpec]:
     for run in results.runs:
         if not run.qemu_argv or run.hugetlb.get("backend", "qemu") != "qemu":
             continue  # not booted, or a vng boot (the host's userspace: no ramdisk repeats it)
-        kernel = _argv_value(run.qemu_argv, "-kernel") or run.kernel.path
-        args, firmware = machine_args(run.qemu_argv)
-        nodes = tuple(int(m["mib"]) for word in run.qemu_argv if (m := _NODE_MEMORY.match(word)))
+        argv = qemu.on_fresh_ram(run.qemu_argv)  # the harness's memory pool files are not the lab's
+        kernel = _argv_value(argv, "-kernel") or run.kernel.path
+        args, firmware = machine_args(argv)
+        nodes = tuple(int(m["mib"]) for word in argv if (m := _NODE_MEMORY.match(word)))
         profile = get_profile(run.arch)
         profile = replace(profile, bios=str(firmware) if firmware else None,
                           node_mem_mib=nodes or profile.node_mem_mib)

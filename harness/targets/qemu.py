@@ -91,6 +91,7 @@ class _Boot:
     files: qemu.GuestFiles
     console_log: Path
     kernel_log: Path
+    by_hand: list[str]  # the argv on fresh RAM (<stem>.<name>.sh, repro.sh)
 
 
 class QemuTarget:
@@ -176,7 +177,7 @@ class QemuTarget:
                     stale.unlink(missing_ok=True)
                 argv = self._argv(profile, files, cmdline, backing.files)
                 # By hand, on fresh RAM: the pool's files are the harness's, for its own boots.
-                by_hand = self._argv(profile, files, cmdline)
+                by_hand = qemu.on_fresh_ram(argv)
                 memory_note = "" if backing.files is None else (
                     "# The harness booted it on its memory pool's files (guest_memory.py); this\n"
                     "# boots the same guest on fresh RAM.\n")
@@ -208,7 +209,7 @@ class QemuTarget:
         # A full disk is reported by the results write that follows.
         with contextlib.suppress(OSError):
             kernel_log.write_text(log.text)
-        self.last = _Boot(stem, profile, self.env, cmdline, by_hand, files, console_log, kernel_log)
+        self.last = _Boot(stem, profile, self.env, cmdline, argv, files, console_log, kernel_log, by_hand)
         return TargetOutput(
             port_text, log, outcome, channel,
             files={"console_log": str(console_log), "results_log": str(files.results),
@@ -226,5 +227,5 @@ class QemuTarget:
         assert boot is not None, "run() first"
         record = bundle.BootRecord(boot.stem, boot.profile, self.kernel, boot.env, self.hvo, self.append,
                                    self.timeout, self.name, boot.cmdline, boot.argv, boot.files,
-                                   boot.console_log, boot.kernel_log)
+                                   boot.console_log, boot.kernel_log, boot.by_hand)
         return bundle.write(record, run, out_dir)
