@@ -170,16 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         return _bisect_run_main(argv)  # its own exit codes, for git bisect run
     args = _parser().parse_args(argv)
     # Memory files a crashed or killed harness left are removed at the next start; this
-    # process's own when it is done, also after Ctrl-C or SIGTERM (guest_memory.py).
+    # process's own at its exit (guest_memory's atexit), which SIGTERM reaches too: any command
+    # ends on it as on Ctrl-C (`run` answers it itself, with the results so far).
     guest_memory.sweep()
     try:
-        with _sigterm_as_exit():
+        with _sigterm_as_interrupt():
             return _command(args)
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except HarnessError as error:
         _err.print(f"hvo-harness: error: {error}", markup=False, highlight=False)
         return EXIT_SETUP
-    finally:
-        guest_memory.release_pool()
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -202,26 +203,6 @@ def _command(args: argparse.Namespace) -> int:
     if args.command in REPRO_COMMANDS:
         return _repro_command(args)
     return EXIT_SETUP
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM ends any command as an exit (143), so that what it holds is let go (the memory
-    pool's files, QEMU children); `run` answers it itself, with the results so far."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(args: argparse.Namespace) -> int:

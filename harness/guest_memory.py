@@ -109,14 +109,6 @@ def pool_unavailable() -> str | None:
     return None
 
 
-def _ledger_path() -> Path:
-    # Beside the pool, so that every harness on the host (whatever its cache directory) shares
-    # one budget and one view of the files; in the cache where there is no pool.
-    if pool_unavailable() is None:
-        return memory_dir() / LEDGER
-    return cache_dir("locks") / LEDGER
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -192,8 +184,10 @@ def _sweep(ledger: _Ledger, directory: Path | None) -> None:
 
 @contextlib.contextmanager
 def _ledger() -> Iterator[_Ledger]:
-    path = _ledger_path()
-    directory = memory_dir() if path.parent == memory_dir() else None
+    # Beside the pool, so that every harness on the host (whatever its cache directory) shares
+    # one budget and one view of the files; in the cache where there is no pool.
+    directory = memory_dir() if pool_unavailable() is None else None
+    path = (directory or cache_dir("locks")) / LEDGER
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ledger = _load(path.read_text()) if path.exists() else _Ledger()

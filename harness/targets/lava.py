@@ -565,18 +565,6 @@ class DispatcherRun:
     ended_by: str | None = None  # "timeout" | "stop": the harness ended lava-run
     timeout: float = 0.0
 
-    @property
-    def console(self) -> str:
-        return self.log.console
-
-    @property
-    def error(self) -> str | None:
-        return self.log.error
-
-    @property
-    def lava_results(self) -> list[dict[str, str]]:
-        return self.log.lava_results
-
 
 _YAML_TAG = re.compile(r': ! (?=")')
 
@@ -706,7 +694,7 @@ def dispatcher_outcome(dispatcher: DispatcherRun, report_done: bool) -> GuestOut
                             "harness ended it and its QEMU", None, seconds, None)
     status = dispatcher.returncode
     if status != 0:
-        why = dispatcher.error or "no error in its log"
+        why = dispatcher.log.error or "no error in its log"
         return GuestOutcome("exited", f"the LAVA dispatcher failed the job: {why} (lava-run exit {status}, "
                             f"log {dispatcher.log_path})", None, seconds, status)
     if dispatcher.log.job_result == "pass" and report_done:
@@ -755,7 +743,7 @@ class LavaTarget:
 
     def output(self, dispatcher: DispatcherRun, out_dir: Path) -> TargetOutput:
         """What the dispatcher run brought back, as every target brings it back."""
-        report_text, report, log = read_back(dispatcher.console)
+        report_text, report, log = read_back(dispatcher.log.console)
         kernel_log = out_dir / f"{self.spec.name}.kernel.log"
         # A full disk is reported by the results write that follows.
         with contextlib.suppress(OSError):
@@ -772,8 +760,8 @@ class LavaTarget:
                     "dispatcher": f"lava-run {dispatcher.log.version or '(version not logged)'}",
                     "job_result": dispatcher.log.job_result},
             report=report, cmdline=self.spec.cmdline,
-            details={"lava_run_log": str(dispatcher.log_path), "lava_test_cases": dispatcher.lava_results,
-                     "lava_error": dispatcher.error, "lava_run_exit": dispatcher.returncode},
+            details={"lava_run_log": str(dispatcher.log_path), "lava_test_cases": dispatcher.log.lava_results,
+                     "lava_error": dispatcher.log.error, "lava_run_exit": dispatcher.returncode},
         )
 
     def reproducer(self, run: Run, out_dir: Path) -> Path | None:

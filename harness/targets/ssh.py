@@ -453,6 +453,17 @@ def merge_saved(states: list[SavedState]) -> dict[str, str]:
     return merged
 
 
+def saved_states(remote: Remote) -> tuple[list[SavedState], list[SavedState]]:
+    """The saved states on the target: (this boot's, whose settings may be left changed; an
+    earlier boot's, which the reboot put back: their directories are removed here)."""
+    boot_id = remote.run("cat /proc/sys/kernel/random/boot_id")[1].strip()
+    states = parse_saved_states(remote.check(LIST_SAVED, "looking for an earlier run's saved state"))
+    stale = [state for state in states if state.boot_id is not None and state.boot_id != boot_id]
+    for state in stale:
+        remote.run(f"rm -rf {shlex.quote(state.directory)}")
+    return [state for state in states if state not in stale], stale
+
+
 def restore_hint(address: SshAddress, identity: Path | None, known_hosts: Path | None) -> str:
     """The command that puts an earlier run's saved settings back on ADDRESS."""
     words = ["hvo-harness", "restore", "--target", address.text]
@@ -551,14 +562,10 @@ class SshTarget:
         """An earlier run's saved state still on the target: its settings may be left changed,
         and this run would save those as the target's own. Refused until `restore`; a state of
         an earlier boot is only a leftover (the reboot put the settings back): removed."""
-        boot_id = remote.run("cat /proc/sys/kernel/random/boot_id")[1].strip()
-        states = parse_saved_states(remote.check(LIST_SAVED, "looking for an earlier run's saved state"))
-        stale = [state for state in states if state.boot_id is not None and state.boot_id != boot_id]
+        left, stale = saved_states(remote)
         for state in stale:
-            remote.run(f"rm -rf {shlex.quote(state.directory)}")
             self.progress(f"{self.address.text}: removed {state.directory}, saved by a run in an earlier "
                           "boot (the reboot put its settings back)")
-        left = [state for state in states if state not in stale]
         if left:
             raise HarnessError(unrestored_line(self.address, left, self.identity, self.known_hosts))
 
@@ -1017,12 +1024,7 @@ def restore_target(address: SshAddress, identity: Path | None, known_hosts: Path
     remote = Remote(connect(address, identity, known_hosts))
     try:
         check_root(remote, address)
-        boot_id = remote.run("cat /proc/sys/kernel/random/boot_id")[1].strip()
-        states = parse_saved_states(remote.check(LIST_SAVED, "looking for the saved state"))
-        report.stale = [s for s in states if s.boot_id is not None and s.boot_id != boot_id]
-        report.states = [s for s in states if s not in report.stale]
-        for state in report.stale:
-            remote.run(f"rm -rf {shlex.quote(state.directory)}")
+        report.states, report.stale = saved_states(remote)
         if not report.states:
             return report
         for state in report.states:
