@@ -213,9 +213,12 @@ def test_loongarch_4k_4level_gets_past_memmap_init_and_breaks_where_hvo_optimize
     breaks. With HVO on at boot that is before init, and paging requests follow (in sched_tick,
     then in the exception path) until the guest hangs. With HVO off at boot the boot-time pages
     and the run-time pass with the sysctl off pass; the pass with hugetlb_optimize_vmemmap=1
-    fails and the kernel panics. Which report comes first varies from boot to boot (seen:
-    `kernel BUG at include/linux/page-flags.h:345` in kmem_cache_free; `kernel BUG at
-    include/linux/mm.h:1810` in ___free_pages with `Bad page map in process hvoh`)."""
+    fails and the kernel panics, or dumps pages until it is ended as hung. Which report comes
+    first and how the guest ends vary from boot to boot (seen: `kernel BUG at
+    include/linux/page-flags.h:345` in kmem_cache_free; `kernel BUG at include/linux/mm.h:1810`
+    in ___free_pages with `Bad page map in process hvoh`, then a panic, or a storm of `page:
+    refcount:0 ... invalid mapping` dumps until the timeout: CI of 2026-12-02, on reused guest
+    memory, whose contents the broken kernel reads)."""
     on, off = (next(r for r in unit_runs(debug_matrix, "loongarch64", "debug+4k4l") if r.hvo.requested == hvo)
                for hvo in ("on", "off"))
     for run in (on, off):
@@ -225,7 +228,7 @@ def test_loongarch_4k_4level_gets_past_memmap_init_and_breaks_where_hvo_optimize
         assert run.verdict == "fail" and run.findings, run.verdict_reason
     assert on.ended in ("timeout", "panic"), on.verdict_reason
     assert all(s.status == "fail" and "never ran" in s.reason for s in on.scenarios)
-    assert off.ended == "panic", off.verdict_reason
+    assert off.ended in ("panic", "timeout"), off.verdict_reason
     passed = {(s.size, s.mode, s.hvo) for s in off.scenarios if s.status == "pass"}
     assert {("2M", "boot", "off"), ("2M", "runtime", "off")} <= passed, passed
     optimized = [s for s in off.scenarios if (s.size, s.mode, s.hvo) == ("2M", "runtime", "on")]
