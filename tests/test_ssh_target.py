@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -150,6 +151,29 @@ def test_cli_restore_options(tmp_path: Path) -> None:
 
 
 # -- the run's kernel log ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_a_run_group_is_ended_and_gone_before_the_restore(shell: str) -> None:
+    """The restore writes the settings back only once the run's processes have left: one that
+    ignores SIGTERM and one stopped (as a driver held with SIGSTOP is) both end, and the
+    command returns only when none of the group is left. Run on this host's own shells."""
+    group = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 300 & kill -STOP $!; sleep 300 & wait"],
+                             start_new_session=True)
+    try:
+        time.sleep(0.5)
+        said = subprocess.run([shell, "-c", ssh.end_group_command(str(group.pid))], capture_output=True,
+                              text=True, timeout=ssh.END_WAIT_SECONDS + 30)
+        assert said.stdout.strip() == f"ended {group.pid}", said
+        group.wait(timeout=5)
+        # Zombies waiting for a reaper hold nothing: only the living count.
+        left = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(group.pid)],
+                              capture_output=True, text=True)
+        living = [line for line in left.stdout.splitlines() if "Z" not in line.split()[-1]]
+        assert living == [], f"still in group {group.pid}: {living}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.pid, signal.SIGKILL)
 
 
 def test_kernel_log_is_the_runs_only() -> None:
@@ -406,7 +430,7 @@ class SshdGuest:
 
 
 @pytest.fixture(scope="module")
-def sshd_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdGuest]:
+def sshd_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdGuest]:
     image = guest_vm.ensure_image()
     scratch = tmp_path_factory.mktemp("sshd-guest")
     keys = guest_vm.make_keys(scratch / "keys")
@@ -419,6 +443,16 @@ def sshd_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdGuest]:
         known = scratch / "known_hosts"
         known.write_text(guest_vm.known_hosts_line(keys, guest.port))
         yield SshdGuest(guest.port, keys, known, plan_args)
+
+
+@pytest.fixture
+def sshd_guest(sshd_machine: SshdGuest) -> Iterator[SshdGuest]:
+    """The module's sshd guest, put back after each test: a test that failed with a run's
+    settings saved there must not make the next ones fail on the refusal to start over them."""
+    yield sshd_machine
+    with contextlib.suppress(Exception):
+        ssh.restore_target(ssh.parse_address(sshd_machine.root), sshd_machine.keys.client,
+                           sshd_machine.known_hosts)
 
 
 def _ssh_run(guest: SshdGuest, out: Path, *extra: str, address: str | None = None,
@@ -509,7 +543,7 @@ def test_dropped_connection_is_restored_on_reconnect(sshd_guest: SshdGuest, tmp_
     run = got.runs[0]
     assert run.ended == "connection-lost", run.verdict_reason
     assert run.target is not None and run.target["reconnected"] is True
-    assert run.target["restored"] is True and run.target["not_restored"] == []
+    assert run.target["restored"] is True and run.target["not_restored"] == [], run.target
     # The kernel lived on: the network failed, not the kernel; never a pass.
     assert run.verdict == "error" and "same boot_id" in run.verdict_reason
     assert sshd_guest.settings() == before
@@ -539,7 +573,7 @@ def test_sigterm_mid_run_restores_the_target(sshd_guest: SshdGuest, tmp_path: Pa
     assert document["complete"] is False and "SIGTERM" in document["partial_reason"]
     run = document["runs"][0]
     assert run["ended"] == "interrupted" and run["verdict"] == "error"
-    assert run["target"]["restored"] is True and run["target"]["not_restored"] == []
+    assert run["target"]["restored"] is True and run["target"]["not_restored"] == [], run["target"]
     assert sshd_guest.settings() == before
 
 

@@ -385,6 +385,50 @@ def compare_settings(saved: dict[str, str], now: dict[str, str]) -> list[str]:
             for path, value in saved.items() if now.get(path) != value]
 
 
+# How long a run's processes get to leave once killed. A process killed while it writes
+# nr_hugepages leaves only when that write returns (a 1G page under TCG takes seconds), and a
+# page it adds on its way out would be read back as a setting the restore left changed.
+END_WAIT_SECONDS = 120
+# A readback that differs is written again this often, a second apart: pages a dying process
+# held are freed as it leaves, not when the restore writes.
+RESTORE_TRIES = 5
+
+
+# Shell: is any process of group $1 alive? A zombie is not (`kill -0` counts it): it holds no
+# memory, and one whose parent does not reap it soon must not hold up the restore. (/proc/PID/stat
+# after the last ') ' of the command name: state, parent, process group.)
+GROUP_LIVES = ('hvo_group_lives() { for s in /proc/[0-9]*/stat; do read -r l < "$s" 2>/dev/null '
+               '|| continue; set -- "$1" ${l##*\\) }; [ "$4" = "$1" ] && [ "$2" != Z ] && return 0; '
+               'done; return 1; }')
+
+
+def end_group_command(group: str) -> str:
+    """Shell that ends process group GROUP (a shell word: "$pg" or a number) and waits until
+    none of it is left: TERM (and CONT, for a stopped one: TERM waits for it), KILL what is left
+    after 5 s. Prints 'ended GROUP' or 'alive GROUP'."""
+    wait = ('i=0; while hvo_group_lives {g} && [ $i -lt {n} ]; do sleep 1; i=$((i + 1)); done')
+    return "; ".join([
+        GROUP_LIVES, f"kill -TERM -{group} 2>/dev/null", f"kill -CONT -{group} 2>/dev/null",
+        wait.format(g=group, n=5), f"kill -KILL -{group} 2>/dev/null",
+        wait.format(g=group, n=END_WAIT_SECONDS),
+        f"if hvo_group_lives {group}; then echo alive {group}; else echo ended {group}; fi"])
+
+
+def write_back(remote: Remote, saved: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Write SAVED back and read it: (the settings as they read, those that differ). Written
+    again while any differ, RESTORE_TRIES times in all."""
+    now: dict[str, str] = {}
+    wrong: list[str] = []
+    for attempt in range(RESTORE_TRIES):
+        if attempt:
+            time.sleep(1)
+        now = parse_settings(remote.run(restore_command(saved), timeout=600.0)[1])
+        wrong = compare_settings(saved, now)
+        if not wrong:
+            break
+    return now, wrong
+
+
 def state_text(saved: dict[str, str], boot_id: str, token: str, saved_at: float) -> str:
     """<run directory>/saved.state: the settings as 'path value' lines (parse_settings reads
     them), with the boot they belong to (a reboot has put them back itself), the run's token
@@ -836,20 +880,24 @@ class SshTarget:
             if boot_id.strip() != session.boot_id:
                 # A new boot has the command line's settings again; nothing of ours is left.
                 record["rebooted"] = True
+            alive = ""
             if ended != "done":
-                # The driver and its children are one process group: end them all first.
-                remote.run(f"pg=$(cat {session.directory}/pgid 2>/dev/null) && [ -n \"$pg\" ] && "
-                           "kill -TERM -$pg 2>/dev/null; sleep 1; "
-                           f"[ -n \"$pg\" ] && kill -KILL -$pg 2>/dev/null; true")
-            _, now_text, _ = remote.run(restore_command(session.saved), timeout=600.0)
+                # The driver and its children are one process group: all of it ends, and has
+                # left, before anything is written back (it would change it again).
+                _, said, _ = remote.run(f"pg=$(cat {session.directory}/pgid 2>/dev/null); "
+                                        f"if [ -n \"$pg\" ]; then {end_group_command('$pg')}; fi",
+                                        timeout=END_WAIT_SECONDS + 60.0)
+                alive = said.strip() if said.strip().startswith("alive") else ""
+            _, wrong = write_back(remote, session.saved)
         except ConnectionLost as lost:
             record["restored"] = False
             record["not_restored"] = [f"{path}: was {value}; the connection dropped while restoring "
                                       f"({lost}); saved in {session.state_file}"
                                       for path, value in session.saved.items()]
             return
-        now = parse_settings(now_text)
-        wrong = compare_settings(session.saved, now)
+        if alive:
+            wrong = [*wrong, f"the run's process group {alive.split()[-1]} was still there "
+                     f"{END_WAIT_SECONDS} s after SIGKILL"]
         record["restored"] = not wrong
         record["not_restored"] = wrong
         if wrong:
@@ -1027,17 +1075,20 @@ def restore_target(address: SshAddress, identity: Path | None, known_hosts: Path
         report.states, report.stale = saved_states(remote)
         if not report.states:
             return report
+        alive = []
         for state in report.states:
             if state.running:
-                # TERM, and CONT for a stopped one (TERM waits for it), then KILL what is left.
-                pg = shlex.quote(state.running)
-                remote.run(f"kill -TERM -{pg} 2>/dev/null; kill -CONT -{pg} 2>/dev/null; sleep 1; "
-                           f"kill -KILL -{pg} 2>/dev/null; true")
-                report.ended.append(state.running)
+                said = remote.run(end_group_command(shlex.quote(state.running)),
+                                  timeout=END_WAIT_SECONDS + 60.0)[1].strip()
+                if said.startswith("ended"):
+                    report.ended.append(state.running)
+                else:
+                    alive.append(f"the run's process group {state.running} was still there "
+                                 f"{END_WAIT_SECONDS} s after SIGKILL")
         merged = merge_saved(report.states)
         before = parse_settings(remote.run(SAVE)[1])
-        now = parse_settings(remote.run(restore_command(merged), timeout=600.0)[1])
-        report.not_restored = compare_settings(merged, now)
+        _, wrong = write_back(remote, merged)
+        report.not_restored = [*wrong, *alive]
         if report.not_restored:
             return report
         report.changed = [f"{path}: {before.get(path, 'nothing')} -> {value}"
