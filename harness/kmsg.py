@@ -83,6 +83,19 @@ class KernelLog:
             parts.append("stream cut before its end")
         return "; ".join(parts)
 
+    def holes(self) -> str | None:
+        """Why this log may not hold every record the kernel wrote while it was read (a report
+        may be in what it lacks), or None. A stream cut before its end is a hole only where no
+        console stands behind it (a running target's /dev/kmsg alone)."""
+        if self.lost:
+            ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.lost[:5])
+            return (f"the kernel log lost records {ranges} (neither the /dev/kmsg stream nor the "
+                    "console had them)")
+        if self.source == "kmsg" and not self.stream_ended:
+            return ("the kernel log (/dev/kmsg, no console behind it) was cut before the run's end "
+                    "record")
+        return None
+
     def as_dict(self) -> dict[str, object]:
         return {"source": self.source, "records": self.records, "lost": self.lost,
                 "garbled": self.garbled, "console_lines": self.console_lines,

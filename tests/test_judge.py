@@ -464,3 +464,60 @@ def test_taints_that_only_say_what_was_loaded_fail_nothing() -> None:
     boot.results = edit_line(boot.results, f"{RUNTIME_2M_NODE1} released", "tainted_after=0",
                              "tainted_after=4097")
     assert judged(boot).verdict == "pass"
+
+
+# Route: a kernel log with holes. A report may be in what the log lost; nothing there passes.
+
+
+def drop_records(dmesg: str, contains: str) -> str:
+    """The stream without the records holding `contains`: as when the ring buffer overran
+    before the reader took them (their sequence numbers leave a gap)."""
+    return "".join(line for line in dmesg.splitlines(keepends=True) if contains not in line)
+
+
+def test_a_warn_the_log_lost_is_never_a_pass() -> None:
+    """A WARN the console did not show (loglevel=1) and the stream lost: the judge sees no
+    finding, but the hole where it was is no evidence of its absence."""
+    boot = hidden_warn(recorded_riscv())
+    boot.dmesg = drop_records(boot.dmesg, "WARNING: mm/hugetlb.c")
+    judgement = judged(boot)
+    assert not judgement.findings
+    assert judgement.verdict == "error", judgement.verdict_reason
+    assert "lost records" in judgement.verdict_reason and "cannot be ruled out" in judgement.verdict_reason
+    # What passed on the whole log is a skip naming the hole; nothing passes.
+    passed = {s.name for s in judged(recorded_riscv()).scenarios if s.status == "pass"}
+    assert passed and not [s.name for s in judgement.scenarios if s.status == "pass"]
+    assert all("lost records" in (s.reason or "") for s in judgement.scenarios if s.name in passed)
+
+
+def test_a_lost_warn_does_not_hide_a_failure_that_is_there() -> None:
+    """A hole leaves a failure that the log does show a failure."""
+    boot = hidden_warn(recorded_riscv())
+    boot.dmesg = drop_records(boot.dmesg, "---[ end trace")
+    judgement = judged(boot)
+    assert judgement.verdict == "fail" and [f.kind for f in judgement.findings] == ["warn"]
+
+
+def test_a_running_targets_log_cut_before_its_end_record_is_never_a_pass() -> None:
+    """An SSH target's kernel log is /dev/kmsg alone, from the run's start record: a reader that
+    died before the end record leaves the rest of the run unread, with no console behind it."""
+    from harness.targets import ssh
+
+    boot = recorded_riscv()
+    token = "0123456789abcdef"
+    start = f"12,226,3789000,-;hvo-harness: ssh run {token} start\n"
+    lines = boot.dmesg.splitlines(keepends=True)
+    # Renumber from the start record on so the stream has no gap; cut after the 2M runtime pass.
+    head, tail = lines[:226], lines[226:]
+    tail = [f"{ln.split(',', 2)[0]},{int(ln.split(',', 2)[1]) + 1},{ln.split(',', 2)[2]}" for ln in tail]
+    complete = "".join([*head, start, *tail, f"12,241,28600000,-;hvo-harness: ssh run {token} end\n"])
+    report, _ = pipeline.read_results(boot.results, boot.console)
+    plan = make_plan(RISCV, 4096, "on")
+    whole = judge.judge(RISCV, plan, RISCV_FACTS, ssh.run_kernel_log(complete, token), report, DONE)
+    assert whole.verdict == "pass", whole.verdict_reason  # the baseline
+    cut = "".join(line for line in complete.splitlines(keepends=True)
+                  if int(line.split(",", 2)[1]) < 232)
+    judgement = judge.judge(RISCV, plan, RISCV_FACTS, ssh.run_kernel_log(cut, token), report, DONE)
+    assert judgement.verdict == "error", judgement.verdict_reason
+    assert "before the run's end record" in judgement.verdict_reason
+    assert not [s.name for s in judgement.scenarios if s.status == "pass"]
