@@ -521,3 +521,22 @@ def test_a_running_targets_log_cut_before_its_end_record_is_never_a_pass() -> No
     assert judgement.verdict == "error", judgement.verdict_reason
     assert "before the run's end record" in judgement.verdict_reason
     assert not [s.name for s in judgement.scenarios if s.status == "pass"]
+
+
+# Route: the guest's own "not ok" under a skip. What the guest saw fail is never a skip.
+
+
+def test_a_guest_not_ok_under_a_skip_path_fails() -> None:
+    """The guest said "not ok" for a size the kernel lacks (a skip otherwise): its step failed,
+    and a skip would hide it."""
+    boot = recorded_riscv()
+    line = ("ok 5 boot size_kb=16777216 node=0 # SKIP "
+            "no /sys/devices/system/node/node0/hugepages/hugepages-16777216kB")
+    assert line in boot.results
+    boot.results = boot.results.replace(line, "not ok 5 boot size_kb=16777216 node=0 "
+                                        "# touch_rc=1 release_rc=0")
+    judgement = judged(boot)
+    failed = scenario(judgement, "16G/boot/node0/hvo-on-cmdline")
+    assert failed.status == "fail" and "not ok" in failed.reason, failed.reason
+    assert "touch_rc=1" in failed.reason
+    assert judgement.verdict == "fail"
