@@ -161,8 +161,8 @@ def judge(
             # Boot-time pages were allocated (and optimized) while the kernel booted.
             findings = by_segment.get(_BOOT_SEGMENT, []) + findings
         shared = [name for name in sharers[segment] if name != report.label] if unmarked else []
-        scenarios.append(_judge_scenario(report, plan, facts, hvo, hugetlb, supported, findings,
-                                         shared, env_taint))
+        scenarios.append(_not_ok_fails(report, _judge_scenario(report, plan, facts, hvo, hugetlb,
+                                                               supported, findings, shared, env_taint)))
     missing = [key for key in planned_keys(plan, guest) if key not in seen]
     nodes = guest.env.get("nodes")
     for mode, size_kb, node, sysctl in missing:
@@ -269,29 +269,17 @@ def _built_but_absent(struct_page: StructPage, listed: str) -> str:
             "savings here, the kernel gives none")
 
 
-def _judge_scenario(
-    report: GuestScenario,
-    plan: Plan,
-    facts: KernelFacts,
-    hvo: Hvo,
-    hugetlb: dmesg.HugeTLBReport,
-    supported: set[int],
-    findings: list[Finding],
-    shared_with: list[str],
-    env_taint: str | None,
-) -> Scenario:
-    """One scenario's status. A step the guest itself saw fail ("not ok") fails it whatever
-    else holds: no skip path (a size the kernel lacks, HVO inactive, nothing to measure) may
-    hide it, as none may pass it."""
-    scenario = _judge_checks(report, plan, facts, hvo, hugetlb, supported, findings, shared_with,
-                             env_taint)
+def _not_ok_fails(report: GuestScenario, scenario: Scenario) -> Scenario:
+    """A step the guest itself saw fail ("not ok") fails the scenario whatever else holds: no
+    skip path (a size the kernel lacks, HVO inactive, nothing to measure) may hide it, as none
+    may pass it."""
     if report.ok is False and scenario.status != "fail":
         scenario.status = "fail"
         scenario.reason = f"the guest reported not ok ({report.directive or 'no reason given'})"
     return scenario
 
 
-def _judge_checks(
+def _judge_scenario(
     report: GuestScenario,
     plan: Plan,
     facts: KernelFacts,
