@@ -62,7 +62,7 @@ class KernelLog:
     """The judged kernel log and how it was put together."""
 
     text: str
-    source: str  # "kmsg+console" | "console"
+    source: str  # "kmsg+console" | "console" | "kmsg" (a running target) | "framed+console" (LAVA)
     records: int = 0
     # Sequence ranges (first, last) of records that neither the stream nor a gap had.
     lost: list[tuple[int, int]] = field(default_factory=list)
@@ -87,7 +87,9 @@ class KernelLog:
         """Why this log may not hold every record the kernel wrote while it was read (a report
         may be in what it lacks), or None. A stream cut before its end is a hole only where no
         console stands behind it (a running target's /dev/kmsg alone)."""
-        if self.lost:
+        if self.lost and self.source != "framed+console":
+            # (A LAVA console's framed stream loses a record to interleaved console output now
+            # and then: its holes are in the summary, not yet judged; see docs/findings.md.)
             ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.lost[:5])
             return (f"the kernel log lost records {ranges} (neither the /dev/kmsg stream nor the "
                     "console had them)")

@@ -35,6 +35,7 @@ the jobs are checked by the very code a LAVA server of this Debian release runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -677,7 +678,8 @@ def read_back(console: str) -> tuple[str, protocol.GuestReport, kmsg.KernelLog]:
     text = "\n".join(lines)
     report = protocol.parse(text)
     report.garbled = len(missing)
-    log = kmsg.merge(console, kmsg.parse_stream(console, framed=True))
+    log = dataclasses.replace(kmsg.merge(console, kmsg.parse_stream(console, framed=True)),
+                              source="framed+console")
     return text, report, log
 
 
