@@ -463,3 +463,21 @@ def test_a_dispatcher_ended_half_way_leaves_no_scratch_directory(
     else:
         assert run.verdict == "fail" and "lava-run did not end within 5 s" in run.verdict_reason
     assert run.target is not None and run.target["job_result"] is None
+
+
+def _framed_console(records: list[str]) -> str:
+    return "".join(f"hvo-kmsg: {zlib.crc32(r.encode()):08x} {r}\n" for r in records)
+
+
+def test_a_lava_logs_lost_record_stays_in_its_summary_and_a_qemu_consoles_is_judged() -> None:
+    """A record lost from LAVA's framed console stream is not judged yet (docs/findings.md),
+    but the run's kernel-log summary says which; the same loss on a QEMU console (the framed
+    stream of a guest without a virtio-serial port) is a hole the judge acts on."""
+    records = ["6,0,1000,-;Linux version 7.2.13", "6,1,2000,-;one", "6,3,4000,-;three"]
+    console = _framed_console(records)
+    _, _, log = lava.read_back(console)
+    assert log.lost == [(2, 2)] and "records lost: 2" in log.summary()
+    assert log.holes() is None
+    qemu_log = pipeline.read_kernel_log("", console)
+    assert qemu_log.lost == [(2, 2)]
+    assert qemu_log.holes() is not None and "lost records 2" in qemu_log.holes()

@@ -414,19 +414,27 @@ def end_group_command(group: str) -> str:
         f"if hvo_group_lives {group}; then echo alive {group}; else echo ended {group}; fi"])
 
 
-def write_back(remote: Remote, saved: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Write SAVED back and read it: (the settings as they read, those that differ). Written
-    again while any differ, RESTORE_TRIES times in all."""
-    now: dict[str, str] = {}
+def end_group(remote: Remote, group: str) -> str | None:
+    """End process group GROUP (a shell word) on the target and wait until it has left
+    (end_group_command): None when it has, else why the restore cannot count on it."""
+    said = remote.run(end_group_command(group), timeout=END_WAIT_SECONDS + 60.0)[1].strip()
+    if said.startswith("alive"):
+        return (f"the run's process group {said.split()[-1]} was still there {END_WAIT_SECONDS} s "
+                "after SIGKILL")
+    return None
+
+
+def write_back(remote: Remote, saved: dict[str, str]) -> list[str]:
+    """Write SAVED back and read it: the settings that differ. Written again while any
+    differ, RESTORE_TRIES times in all."""
     wrong: list[str] = []
     for attempt in range(RESTORE_TRIES):
         if attempt:
             time.sleep(1)
-        now = parse_settings(remote.run(restore_command(saved), timeout=600.0)[1])
-        wrong = compare_settings(saved, now)
+        wrong = compare_settings(saved, parse_settings(remote.run(restore_command(saved), timeout=600.0)[1]))
         if not wrong:
             break
-    return now, wrong
+    return wrong
 
 
 def state_text(saved: dict[str, str], boot_id: str, token: str, saved_at: float) -> str:
@@ -880,15 +888,13 @@ class SshTarget:
             if boot_id.strip() != session.boot_id:
                 # A new boot has the command line's settings again; nothing of ours is left.
                 record["rebooted"] = True
-            alive = ""
+            alive = None
             if ended != "done":
                 # The driver and its children are one process group: all of it ends, and has
                 # left, before anything is written back (it would change it again).
-                _, said, _ = remote.run(f"pg=$(cat {session.directory}/pgid 2>/dev/null); "
-                                        f"if [ -n \"$pg\" ]; then {end_group_command('$pg')}; fi",
-                                        timeout=END_WAIT_SECONDS + 60.0)
-                alive = said.strip() if said.strip().startswith("alive") else ""
-            _, wrong = write_back(remote, session.saved)
+                group = remote.run(f"cat {session.directory}/pgid 2>/dev/null")[1].strip()
+                alive = end_group(remote, shlex.quote(group)) if group else None
+            wrong = write_back(remote, session.saved)
         except ConnectionLost as lost:
             record["restored"] = False
             record["not_restored"] = [f"{path}: was {value}; the connection dropped while restoring "
@@ -896,8 +902,7 @@ class SshTarget:
                                       for path, value in session.saved.items()]
             return
         if alive:
-            wrong = [*wrong, f"the run's process group {alive.split()[-1]} was still there "
-                     f"{END_WAIT_SECONDS} s after SIGKILL"]
+            wrong = [*wrong, alive]
         record["restored"] = not wrong
         record["not_restored"] = wrong
         if wrong:
@@ -1078,17 +1083,14 @@ def restore_target(address: SshAddress, identity: Path | None, known_hosts: Path
         alive = []
         for state in report.states:
             if state.running:
-                said = remote.run(end_group_command(shlex.quote(state.running)),
-                                  timeout=END_WAIT_SECONDS + 60.0)[1].strip()
-                if said.startswith("ended"):
+                still = end_group(remote, shlex.quote(state.running))
+                if still is None:
                     report.ended.append(state.running)
                 else:
-                    alive.append(f"the run's process group {state.running} was still there "
-                                 f"{END_WAIT_SECONDS} s after SIGKILL")
+                    alive.append(still)
         merged = merge_saved(report.states)
         before = parse_settings(remote.run(SAVE)[1])
-        _, wrong = write_back(remote, merged)
-        report.not_restored = [*wrong, *alive]
+        report.not_restored = [*write_back(remote, merged), *alive]
         if report.not_restored:
             return report
         report.changed = [f"{path}: {before.get(path, 'nothing')} -> {value}"
