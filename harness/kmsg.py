@@ -87,9 +87,7 @@ class KernelLog:
         """Why this log may not hold every record the kernel wrote while it was read (a report
         may be in what it lacks), or None. A stream cut before its end is a hole only where no
         console stands behind it (a running target's /dev/kmsg alone)."""
-        if self.lost and self.source != "framed+console":
-            # (A LAVA console's framed stream loses a record to interleaved console output now
-            # and then: its holes are in the summary, not yet judged; see docs/findings.md.)
+        if self.lost:
             ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.lost[:5])
             return (f"the kernel log lost records {ranges} (neither the /dev/kmsg stream nor the "
                     "console had them)")

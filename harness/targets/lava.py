@@ -593,7 +593,11 @@ def parse_dispatcher_log(text: str) -> DispatcherLog:
             continue
         lvl, msg = record.get("lvl"), record.get("msg")
         if lvl == "target" and isinstance(msg, str):
-            console.append(msg)
+            # LAVA's shell logger (lava_dispatcher/shell.py ShellLogger.write) writes each '"'
+            # of the target's output as a backslash and '"' ("for YAML syntax"); each such pair is
+            # one of those (a backslash the guest wrote before a '"' became two), so
+            # this is its exact inverse and the line is the guest's again (its CRC holds).
+            console.append(msg.replace('\\"', '"'))
         elif lvl == "results" and isinstance(msg, dict):
             if msg.get("definition") not in (None, "lava"):
                 cases.append({key: str(msg[key]) for key in ("definition", "case", "result") if key in msg})
