@@ -368,6 +368,15 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`pytest --hvo-arch ...` with no paths is the HVO matrix alone: the testpaths are not
+    imported only to be deselected (seconds of imports per process, each xdist worker's too,
+    before its first boot)."""
+    if config.getoption("--hvo-arch") and config.args_source != pytest.Config.ArgsSource.ARGS:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     boots = requested_boots(config)

@@ -3,16 +3,21 @@ and off) per test session, through the project's own pytest plugin (harness/pyte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from harness import pipeline
+from harness import cache, pipeline
 from harness.profiles import ARCH_NAMES
 from harness.results import Results, Run
 
 DATA = Path(__file__).parent / "data"
+
+# pytester points HOME at its own directory, and the cache follows HOME: without this, each
+# pytester session under test fetched Debian's kernels again (80 s for one loong64 kernel).
+os.environ.setdefault("HVO_HARNESS_CACHE", str(cache.cache_root()))
 
 
 @pytest.fixture(scope="session")

@@ -99,3 +99,21 @@ def test_an_inner_pytester_session_leaves_the_outer_sessions_boots(pytester: pyt
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert pytest_plugin.boots_of(request.config) is outer
     assert outer._out_dir().name == "hvo"  # the outer config still gives its base temp
+
+
+def test_hvo_arch_without_paths_does_not_import_the_testpaths(pytester: pytest.Pytester) -> None:
+    """`pytest --hvo-arch A` alone is the HVO matrix: the project's testpaths are not imported
+    and then deselected (3 s of imports and assertion rewriting per process, each xdist worker's
+    too, before its first boot)."""
+    pytester.makeini("[pytest]\ntestpaths = t\n")
+    pytester.mkdir("t")
+    pytester.makepyfile(**{"t/test_imported.py": "raise SystemExit('t/test_imported.py was imported')\n"})
+    result = pytester.runpytest_subprocess("--hvo-arch", "loongarch64", "--hvo-setting", "on",
+                                           "-p", "no:cacheprovider", "--collect-only", "-q")
+    out = result.stdout.str() + result.stderr.str()
+    assert "was imported" not in out and result.ret == 0, out
+    assert "hvo/loongarch64-debian-hvo-on::boot" in out
+    # Paths given are collected as they always were.
+    given = pytester.runpytest_subprocess("--hvo-arch", "loongarch64", "--hvo-setting", "on",
+                                          "-p", "no:cacheprovider", "--collect-only", "-q", "t")
+    assert "was imported" in given.stdout.str() + given.stderr.str()
