@@ -302,8 +302,15 @@ def requested_boots(config: pytest.Config) -> list[tuple[BootKey, list[str]]]:
                 planned = _booted_profile(profile, spec, boots_of(config))
                 for hvo in settings:
                     names = [] if page_size is None else make_plan(planned, page_size, hvo).scenario_names()
-                    boots.append((BootKey(profile.name, spec, hvo), names))
-        return boots
+                    boots.append((BootKey(profile.name, spec, hvo), names, planned.memory_mib))
+        # The kernel whose boots need the most guest memory first (stable: a kernel's boots stay
+        # together, in the order asked): the longest boots start first under xdist, and every
+        # later, smaller guest finds an idle memory file of its size (guest_memory.py).
+        kernel_mib: dict[tuple[str, KernelSpec], int] = {}
+        for key, _, mib in boots:
+            kernel_mib[(key.arch, key.spec)] = kernel_mib.get((key.arch, key.spec), 0) + mib
+        boots.sort(key=lambda boot: -kernel_mib[(boot[0].arch, boot[0].spec)])
+        return [(key, names) for key, names, _ in boots]
     except HarnessError as error:
         raise pytest.UsageError(f"hvo-harness: {error}") from None
 
@@ -336,14 +343,35 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # In collection order (requested_boots: the kernel with the most guest memory first), not
+    # loadscope's by number of items, which is no measure of a boot's time.
+    config.option.loadscopereorder = False
+
     class KernelScopeScheduling(LoadScopeScheduling):
+        """A kernel's boots are one unit for the first kernel of each worker; a later kernel's
+        boots are a unit each, so the last and smallest fill whichever worker is free first
+        (each worker then has idle files at least as large as them: the matrix's tail was one
+        worker booting loongarch64 twice while the other idled)."""
+
+        def __init__(self, config: pytest.Config, log: Any) -> None:
+            super().__init__(config, log)
+            self._whole_kernels: list[str] = []
+            self._split_kernels: set[str] = set()
+
         def _split_scope(self, nodeid: str) -> str:
             scope = nodeid.rsplit("::", 1)[0]
             boot, _, rest = nodeid.partition("::")
-            if boot.startswith("hvo/") and rest:
-                # hvo/<arch>-<kernel>-hvo-<setting>::... -> hvo/<arch>-<kernel>
-                return re.sub(r"-hvo-[a-z]+$", "", boot)
-            return scope
+            if not (boot.startswith("hvo/") and rest):
+                return scope
+            # hvo/<arch>-<kernel>-hvo-<setting>::... -> hvo/<arch>-<kernel>, the first time
+            # each kernel is seen (collection order), for as many kernels as there are workers.
+            kernel = re.sub(r"-hvo-[a-z]+$", "", boot)
+            if kernel not in self._whole_kernels and kernel not in self._split_kernels:
+                if len(self._whole_kernels) < self.numnodes:
+                    self._whole_kernels.append(kernel)
+                else:
+                    self._split_kernels.add(kernel)
+            return boot if kernel in self._split_kernels else kernel
 
     return KernelScopeScheduling(config, log)
 

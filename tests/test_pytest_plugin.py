@@ -117,3 +117,22 @@ def test_hvo_arch_without_paths_does_not_import_the_testpaths(pytester: pytest.P
     given = pytester.runpytest_subprocess("--hvo-arch", "loongarch64", "--hvo-setting", "on",
                                           "-p", "no:cacheprovider", "--collect-only", "-q", "t")
     assert "was imported" in given.stdout.str() + given.stderr.str()
+
+
+def test_xdist_splits_only_the_kernels_after_each_workers_first(pytester: pytest.Pytester) -> None:
+    """Under -n 2 the two largest kernels (collection order) each stay on one worker; a later,
+    smaller kernel's boots are a unit each, to fill whichever worker is free first."""
+    from harness import pytest_plugin
+
+    config = pytester.parseconfigure("--hvo-arch", "all", "--tx", "2*popen", "--dist", "loadscope",
+                                     "-p", "no:cacheprovider")
+    scheduler = pytest_plugin.pytest_xdist_make_scheduler(config, None)
+    order = ["riscv64", "x86_64", "loongarch64"]
+    scopes = {f"{arch}-{hvo}": scheduler._split_scope(f"hvo/{arch}-debian-hvo-{hvo}::boot")
+              for arch in order for hvo in ("on", "off")}
+    assert scopes["riscv64-on"] == scopes["riscv64-off"] == "hvo/riscv64-debian"
+    assert scopes["x86_64-on"] == scopes["x86_64-off"] == "hvo/x86_64-debian"
+    assert scopes["loongarch64-on"] == "hvo/loongarch64-debian-hvo-on"
+    assert scopes["loongarch64-off"] == "hvo/loongarch64-debian-hvo-off"
+    # The same answer on every later call (mark_test_complete asks again).
+    assert scheduler._split_scope("hvo/riscv64-debian-hvo-on::2M/boot/node0") == "hvo/riscv64-debian"
