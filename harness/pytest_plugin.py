@@ -355,8 +355,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def __init__(self, config: pytest.Config, log: Any) -> None:
             super().__init__(config, log)
-            self._whole_kernels: list[str] = []
-            self._split_kernels: set[str] = set()
+            self._kernel_whole: dict[str, bool] = {}  # by first sight, i.e. collection order
 
         def _split_scope(self, nodeid: str) -> str:
             scope = nodeid.rsplit("::", 1)[0]
@@ -366,12 +365,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             # hvo/<arch>-<kernel>-hvo-<setting>::... -> hvo/<arch>-<kernel>, the first time
             # each kernel is seen (collection order), for as many kernels as there are workers.
             kernel = re.sub(r"-hvo-[a-z]+$", "", boot)
-            if kernel not in self._whole_kernels and kernel not in self._split_kernels:
-                if len(self._whole_kernels) < self.numnodes:
-                    self._whole_kernels.append(kernel)
-                else:
-                    self._split_kernels.add(kernel)
-            return boot if kernel in self._split_kernels else kernel
+            if kernel not in self._kernel_whole:
+                self._kernel_whole[kernel] = len(self._kernel_whole) < self.numnodes
+            return kernel if self._kernel_whole[kernel] else boot
 
     return KernelScopeScheduling(config, log)
 
@@ -410,10 +406,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     boots = requested_boots(config)
     if not boots:
         return
-    if config.args_source != pytest.Config.ArgsSource.ARGS:
-        # `pytest --hvo-arch ...` with no paths: the HVO items are the session.
-        config.hook.pytest_deselected(items=list(items))
-        items.clear()
+    # (`pytest --hvo-arch ...` with no paths collects nothing else: pytest_ignore_collect.)
     for key, scenarios in boots:
         collector = HvoBootCollector.from_parent(session, name=f"hvo/{key.label}", nodeid=f"hvo/{key.label}",
                                                  key=key, scenarios=scenarios)
