@@ -136,6 +136,7 @@ def judge(
     by_segment = {name: dmesg.parse(text).findings for name, text in segments.items()}
     hugetlb = full.hugetlb
     hvo = hvo_state(plan, facts, guest, hugetlb)
+    contradiction = config_contradiction(facts, guest, hugetlb)
     supported = set(profile.huge_sizes_by_page_size.get(facts.page_size, ()))
 
     scenarios: list[Scenario] = []
@@ -162,7 +163,8 @@ def judge(
             findings = by_segment.get(_BOOT_SEGMENT, []) + findings
         shared = [name for name in sharers[segment] if name != report.label] if unmarked else []
         scenarios.append(_not_ok_fails(report, _judge_scenario(report, plan, facts, hvo, hugetlb,
-                                                               supported, findings, shared, env_taint)))
+                                                               supported, findings, shared, env_taint,
+                                                               contradiction)))
     missing = [key for key in planned_keys(plan, guest) if key not in seen]
     nodes = guest.env.get("nodes")
     for mode, size_kb, node, sysctl in missing:
@@ -193,6 +195,9 @@ def judge(
                                plan.nodes, printed)
     if holes is not None and verdict == "pass":
         verdict, reason = "error", f"{holes}: a kernel report there cannot be ruled out"
+    if contradiction is not None and verdict == "pass":
+        # Bad input, not a kernel failure; a failure found without the config stands.
+        verdict, reason = "error", contradiction
     return Judgement(scenarios, full.findings, hvo, verdict, reason, hugetlb)
 
 
@@ -253,6 +258,28 @@ def hvo_state(plan: Plan, facts: KernelFacts, guest: GuestReport, hugetlb: dmesg
     return Hvo("on", "active", f"sysctl hugetlb_optimize_vmemmap=1; {said}")
 
 
+def config_contradiction(facts: KernelFacts, guest: GuestReport, hugetlb: dmesg.HugeTLBReport) -> str | None:
+    """Why the config the facts came from cannot be this kernel's, or None.
+
+    Only a kernel built with CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP registers the sysctl
+    (mm/hugetlb_vmemmap.c) or claims a saving (hugetlb_vmemmap_optimizable_size() is 0
+    without it); a config lacking the option yet seen beside either was read wrong or belongs
+    to another build, and HVO's rules from it would fail the kernel for the harness's mistake."""
+    if facts.hvo_built is not False:
+        return None
+    seen = []
+    if guest.env.get("sysctl") not in (None, "absent"):
+        seen.append("registered /proc/sys/vm/hugetlb_optimize_vmemmap")
+    claims = ", ".join(f"{kib} KiB for {label}" for label, kib in hugetlb.freeable_kib.items() if kib)
+    if claims:
+        seen.append(f"claims {claims} of vmemmap can be freed")
+    if not seen:
+        return None
+    return ("the kernel config read for this kernel has no CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y, "
+            f"yet the kernel {' and '.join(seen)}: that config is not this kernel's; "
+            "give the kernel's own (--config for a --kernel PATH)")
+
+
 def _built_but_absent(struct_page: StructPage, listed: str) -> str:
     """Why a kernel with CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y registers no sysctl: built in,
     mm/hugetlb_vmemmap.h frees nothing only when sizeof(struct page) is not a power of two.
@@ -288,6 +315,7 @@ def _judge_scenario(
     findings: list[Finding],
     shared_with: list[str],
     env_taint: str | None,
+    contradiction: str | None = None,
 ) -> Scenario:
     size = report.size_kb * 1024
     label = size_label(size)
@@ -323,7 +351,8 @@ def _judge_scenario(
         scenario.status, scenario.reason = "skip", f"{label} not supported here: {refusal}"
         return scenario
     try:
-        return _judge_allocation(report, scenario, plan, facts, hvo, hugetlb, fail, env_taint)
+        return _judge_allocation(report, scenario, plan, facts, hvo, hugetlb, fail, env_taint,
+                                 contradiction)
     except Incomplete as missing:
         return fail(f"guest report incomplete: {missing.key}")
 
@@ -337,6 +366,7 @@ def _judge_allocation(
     hugetlb: dmesg.HugeTLBReport,
     fail: Callable[[str], Scenario],
     env_taint: str | None,
+    contradiction: str | None,
 ) -> Scenario:
     """The checks of a scenario that ran: every value read strictly (Incomplete otherwise)."""
     data, mode, label = report.data, report.mode, scenario.size
@@ -444,6 +474,11 @@ def _judge_allocation(
         vm.measured_by = "nr_memmap_pages + nr_memmap_boot_pages, restored on release"
     vm.restored_kib_per_page = restored
 
+    if scenario_hvo == "on" and contradiction is not None:
+        # The rules' number would come from a config that is not this kernel's.
+        scenario.status = "skip"
+        scenario.reason = f"vmemmap savings not judged: {contradiction}"
+        return scenario
     if scenario_hvo == "on" and hvo.state == "inactive" and not claimed:
         # Asked for HVO, the kernel cannot do it: never a pass; the reason says why.
         vm.expected_kib_per_page = 0

@@ -183,6 +183,21 @@ def test_a_taint_from_before_the_scenarios_fails_the_boot_time_pages() -> None:
 # Route 3: an unmeasured saving passed.
 
 
+def test_a_config_that_denies_the_kernel_its_hvo_is_an_error_never_a_kernel_fail() -> None:
+    # The kernel registered hugetlb_optimize_vmemmap and claims savings, so HVO is built in;
+    # a config without CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y is not this kernel's (an SSH read
+    # cut short gave one: every HVO scenario failed on "HVO's rules give 0 KiB").
+    judgement = judged(recorded_riscv(), facts=replace(RISCV_FACTS, hvo_built=False))
+    assert judgement.verdict == "error", judgement.verdict_reason
+    assert "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP" in judgement.verdict_reason
+    assert "not this kernel's" in judgement.verdict_reason
+    optimized = [s for s in judgement.scenarios if s.hvo == "on" and s.allocated]
+    assert optimized and all(s.status == "skip" and "not this kernel's" in s.reason for s in optimized)
+    # Without HVO nothing depends on the config: those are judged as ever.
+    plain = [s for s in judgement.scenarios if s.hvo == "off" and s.allocated]
+    assert plain and all(s.status == "pass" for s in plain)
+
+
 def test_an_unmeasured_saving_is_not_a_pass() -> None:
     boot = recorded_riscv()
     boot.results = re.sub(r"memmap_pages=\d+ memmap_boot_pages=\d+",

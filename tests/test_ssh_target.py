@@ -323,10 +323,33 @@ class _AcceptKey(paramiko.ServerInterface):
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
 
-@pytest.fixture
-def ssh_server(tmp_path: Path) -> Iterator[tuple[int, paramiko.PKey, Path]]:
-    """An SSH server (paramiko's server side) on 127.0.0.1: (port, its host key, a client key
-    it accepts)."""
+class _ExitStatusBeforeTheLastOutput(_AcceptKey):
+    """Runs every command as OpenSSH's sshd may: the exit status goes out when the command
+    exits, and output still in its pipe (or written by a child it left behind) follows it."""
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        refused = paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else refused
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        def answer() -> None:
+            channel.sendall(b"early\n")
+            channel.sendall_stderr(b"early on stderr\n")
+            channel.send_exit_status(0)
+            time.sleep(0.5)
+            channel.sendall(b"late\n")
+            channel.sendall_stderr(b"late on stderr\n")
+            channel.shutdown_write()
+            channel.close()
+        threading.Thread(target=answer, daemon=True).start()
+        return True
+
+
+@contextlib.contextmanager
+def _paramiko_server(tmp_path: Path,
+                     interface: type[_AcceptKey]) -> Iterator[tuple[int, paramiko.PKey, Path]]:
+    """An SSH server (paramiko's server side) on 127.0.0.1 answering as INTERFACE: (port, its
+    host key, a client key it accepts)."""
     host_key = paramiko.RSAKey.generate(2048)
     client_path = tmp_path / "client"
     client_key = _write_rsa(client_path)
@@ -347,7 +370,7 @@ def ssh_server(tmp_path: Path) -> Iterator[tuple[int, paramiko.PKey, Path]]:
             transport.add_server_key(host_key)
             transports.append(transport)
             with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-                transport.start_server(server=_AcceptKey(client_key))
+                transport.start_server(server=interface(client_key))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -359,6 +382,12 @@ def ssh_server(tmp_path: Path) -> Iterator[tuple[int, paramiko.PKey, Path]]:
         for transport in transports:
             transport.close()
         listener.close()
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path) -> Iterator[tuple[int, paramiko.PKey, Path]]:
+    with _paramiko_server(tmp_path, _AcceptKey) as server:
+        yield server
 
 
 def _known_hosts(path: Path, port: int, key: paramiko.PKey) -> Path:
@@ -403,6 +432,21 @@ def test_wrong_identity_is_refused(ssh_server: tuple[int, paramiko.PKey, Path], 
     with pytest.raises(HarnessError, match="authentication as root failed"):
         ssh.connect(ssh.SshAddress("root", "127.0.0.1", port), stranger,
                     _known_hosts(tmp_path / "kh", port, host_key), timeout=10)
+
+
+def test_output_after_the_exit_status_is_read(tmp_path: Path) -> None:
+    # RFC 4254 orders nothing between exit-status and the last data: a command's output is
+    # whole only at the channel's EOF. A run that stopped at the exit status read half of
+    # /boot/config now and then, found no CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP in it and
+    # failed every HVO scenario on "HVO's rules give 0 KiB".
+    with _paramiko_server(tmp_path, _ExitStatusBeforeTheLastOutput) as (port, host_key, client):
+        connection = ssh.connect(ssh.SshAddress("root", "127.0.0.1", port), client,
+                                 _known_hosts(tmp_path / "kh", port, host_key), timeout=10)
+        try:
+            status, out, err = ssh.Remote(connection).run("anything")
+        finally:
+            connection.close()
+    assert (status, out, err) == (0, "early\nlate\n", "early on stderr\nlate on stderr\n")
 
 
 # -- against OpenSSH's sshd in a QEMU guest (Debian's x86_64 kernel) ---------------------------------
@@ -508,6 +552,19 @@ def test_sshd_guest_host_key_checks(sshd_guest: SshdGuest, tmp_path: Path) -> No
         line = one_error_line(proc)
         assert words in line and "refused" in line, line
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.boot
+def test_sshd_guest_output_after_the_exit_status_is_read(sshd_guest: SshdGuest) -> None:
+    # OpenSSH sends the exit status when the shell exits; the child it left holds the output
+    # open, and what it writes after is still the command's output.
+    status, out, _ = sshd_guest.sh("echo early; (sleep 1; echo late) &")
+    assert (status, out) == (0, "early\nlate\n")
+    # What the SSH target reads this way, whole: the kernel's config, byte for byte.
+    release = sshd_guest.sh("uname -r")[1].strip()
+    size = int(sshd_guest.sh(f"wc -c < /boot/config-{release}")[1])
+    for _ in range(5):
+        assert len(sshd_guest.sh(f"cat /boot/config-{release}")[1].encode()) == size
 
 
 @pytest.mark.boot

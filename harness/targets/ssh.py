@@ -259,6 +259,24 @@ class ConnectionLost(Exception):
     """The SSH connection dropped (the transport died or a channel could not be opened)."""
 
 
+def read_available(channel: paramiko.Channel, out: bytearray, err: bytearray | None = None) -> bool:
+    """Move what CHANNEL holds into OUT and ERR (OUT when None); True once all of the command's
+    output is read.
+
+    That is at the channel's EOF, not at its exit status: OpenSSH's sshd sends the exit status
+    when the command exits, and what is still in its pipe, or written by a child the command
+    left behind, comes after it (RFC 4254 orders nothing between them). Stopping at the exit
+    status cut /boot/config short now and then, and the config then seemed to lack HVO."""
+    # EOF first: paramiko queues a channel's messages in order, so all data sent before the
+    # EOF is in the buffers by the time it is seen.
+    ended = bool(channel.eof_received or channel.closed)
+    while channel.recv_ready():
+        out += channel.recv(65536)
+    while channel.recv_stderr_ready():
+        (out if err is None else err).extend(channel.recv_stderr(65536))
+    return ended
+
+
 class Remote:
     """Commands and files over one SSH connection (exec channels only: no SFTP needed)."""
 
@@ -289,14 +307,8 @@ class Remote:
             if data is not None:
                 channel.sendall(data)
             channel.shutdown_write()
-            while True:
-                while channel.recv_ready():
-                    out += channel.recv(65536)
-                while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(65536)
-                pending = channel.recv_ready() or channel.recv_stderr_ready()
-                if channel.exit_status_ready() and not pending:
-                    break
+            # The output is whole at the channel's EOF, the exit status is there once it came.
+            while not (read_available(channel, out, err) and channel.exit_status_ready()):
                 if not self.alive():
                     raise ConnectionLost(f"the connection dropped during `{command[:60]}`")
                 if time.monotonic() > deadline:
@@ -834,19 +846,15 @@ class SshTarget:
                     raise _Stopped()
                 if time.monotonic() - start > self.timeout:
                     raise _TimedOut()
-                if channel.recv_ready():
-                    transcript += channel.recv(65536)
-                    continue
-                if channel.exit_status_ready():
-                    while channel.recv_ready():
-                        transcript += channel.recv(65536)
+                if read_available(channel, transcript) and channel.exit_status_ready():
                     status = channel.recv_exit_status()
                     # paramiko gives -1 for a channel that ended without an exit status: a
                     # transport that closed under it, or a driver killed by a signal there.
                     if status == -1 and not remote.alive():
                         raise ConnectionLost("the transport closed")
                     return status, transcript
-                if not remote.alive() or channel.closed:
+                # (A channel closed under the driver is ended and has its status, -1: above.)
+                if not remote.alive():
                     raise ConnectionLost("the transport closed")
                 time.sleep(POLL_SECONDS if not channel.recv_ready() else 0)
         except (OSError, EOFError, paramiko.SSHException) as error:
