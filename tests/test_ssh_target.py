@@ -95,6 +95,21 @@ def test_settings_round_trip() -> None:
         f"{NODE0_2M}: was 3, reads 2", f"{ssh.SYSCTL}: was 1, reads nothing"]
 
 
+def test_huge_pages_in_use_on_the_target_are_named() -> None:
+    # HUGE_PAGE_USE's output: a node's pages per size, then each size's reservations.
+    node = "/sys/devices/system/node/node{}/hugepages/hugepages-{}kB"
+    text = "\n".join([
+        f"{node.format(0, 2048)} 4 2 0", f"{node.format(1, 2048)} 2 2 0",
+        f"{node.format(0, 1048576)} 1 1 1", f"{node.format(1, 1048576)} 0 0 0",
+        "/sys/kernel/mm/hugepages/hugepages-2048kB resv 0",
+        "/sys/kernel/mm/hugepages/hugepages-1048576kB resv 1",
+    ])
+    assert ssh.huge_pages_in_use(text) == [
+        "node 0: 2 of 4 2M pages in use", "node 0: 1 surplus 1G page", "1G: 1 page reserved"]
+    idle = f"{node.format(0, 2048)} 4 4 0\n/sys/kernel/mm/hugepages/hugepages-2048kB resv 0\n"
+    assert ssh.huge_pages_in_use(idle) == []
+
+
 def test_saved_state_on_the_target_round_trip() -> None:
     saved = {NODE0_2M: "3", ssh.SYSCTL: "1"}
     text = ssh.state_text(saved, "b0-07", "0123456789abcdef", 1700000000)
@@ -565,6 +580,27 @@ def test_sshd_guest_output_after_the_exit_status_is_read(sshd_guest: SshdGuest) 
     size = int(sshd_guest.sh(f"wc -c < /boot/config-{release}")[1])
     for _ in range(5):
         assert len(sshd_guest.sh(f"cat /boot/config-{release}")[1].encode()) == size
+
+
+@pytest.mark.boot
+def test_a_target_whose_huge_pages_are_in_use_is_refused(sshd_guest: SshdGuest, tmp_path: Path) -> None:
+    # A 2M page held by a file on hugetlbfs, as a workload on a real server holds its pages:
+    # the scenarios would take it and judge its user's page as the kernel's failure.
+    hold = ("mkdir -p /tmp/hvo-held && mount -t hugetlbfs -o pagesize=2M none /tmp/hvo-held && "
+            "fallocate -l 2M /tmp/hvo-held/page")
+    release = "rm -f /tmp/hvo-held/page; umount /tmp/hvo-held; rmdir /tmp/hvo-held"
+    status, _, err = sshd_guest.sh(hold)
+    try:
+        assert status == 0, err
+        before = sshd_guest.settings()
+        proc = run_cli("run", "--target", sshd_guest.root, "--identity", str(sshd_guest.keys.client),
+                       "--known-hosts", str(sshd_guest.known_hosts), "--out", str(tmp_path))
+        line = one_error_line(proc)
+        assert "in use" in line and "1 of 2 2M pages" in line and "stop what holds them" in line, line
+        assert sshd_guest.settings() == before
+        assert sshd_guest.sh("ls -d /tmp/hvo-harness.* 2>/dev/null")[1] == ""  # nothing laid out
+    finally:
+        sshd_guest.sh(release)
 
 
 @pytest.mark.boot

@@ -6,6 +6,7 @@
   --known-hosts FILE): an unknown or changed key is one error line, never accepted. Key
   authentication only (--identity KEY, else the agent and ~/.ssh's default keys).
 - Needs root on the target (it writes /sys and /proc/sys): one line says so when it is not.
+  And idle huge pages: one in use, surplus or reserved is someone's, and is refused first.
 - Detects the arch (`uname -m`) and copies the guest helper built for it (harness/guest_helper.py),
   a static busybox for it, scenarios.sh and a small driver into a fresh directory there.
 - The running kernel is not rebooted: its boot-time pages are the ones its own /proc/cmdline
@@ -611,6 +612,7 @@ class SshTarget:
         remote = self._remote()
         check_root(remote, self.address)
         self._refuse_unrestored(remote)
+        check_idle(remote, self.address)
         machine = remote.check("uname -m", "`uname -m`").strip()
         arch = _MACHINES.get(machine)
         if arch is None:
@@ -1035,6 +1037,47 @@ def _run_record(run: Run, target_cmdline_pages: dict[int, int], before: BeforeRu
                                "whether it complained while allocating these boot-time pages cannot "
                                "be read; reboot the target to test them")
     return run
+
+
+# Shell: each node's pages per size ('DIR nr free surplus'), then each size's reservations
+# ('DIR resv N'), in the target's own shell before anything is copied there.
+HUGE_PAGE_USE = ('for d in /sys/devices/system/node/node*/hugepages/hugepages-*; do [ -d "$d" ] || continue; '
+                 'read -r n < "$d/nr_hugepages"; read -r f < "$d/free_hugepages"; '
+                 'read -r s < "$d/surplus_hugepages"; echo "$d $n $f $s"; done; '
+                 'for d in /sys/kernel/mm/hugepages/hugepages-*; do [ -d "$d" ] || continue; '
+                 'read -r r < "$d/resv_hugepages"; echo "$d resv $r"; done')
+_NODE_PAGES = re.compile(r"/node(\d+)/hugepages/hugepages-(\d+)kB (\d+) (\d+) (\d+)$")
+_RESERVED = re.compile(r"/hugepages-(\d+)kB resv (\d+)$")
+
+
+def huge_pages_in_use(text: str) -> list[str]:
+    """What of HUGE_PAGE_USE's output says huge pages are someone's: mapped or held (not free),
+    surplus (overcommitted to a user), or reserved for a mapping not yet faulted in."""
+    used: list[str] = []
+    for line in text.splitlines():
+        if match := _NODE_PAGES.search(line.strip()):
+            node, kb, nr, free, surplus = (int(g) for g in match.groups())
+            label = size_label(kb * 1024)
+            if nr > free:
+                used.append(f"node {node}: {nr - free} of {nr} {label} pages in use")
+            if surplus:
+                used.append(f"node {node}: {surplus} surplus {label} page{'s' if surplus > 1 else ''}")
+        elif match := _RESERVED.search(line.strip()):
+            kb, reserved = (int(g) for g in match.groups())
+            if reserved:
+                used.append(f"{size_label(kb * 1024)}: {reserved} page{'s' if reserved > 1 else ''} reserved")
+    return used
+
+
+def check_idle(remote: Remote, address: SshAddress) -> None:
+    """Refuse a target whose huge pages someone holds: the scenarios take every page of a size
+    to test it and release them all, so a workload's pages would be judged as the kernel's
+    (a boot-time page that is not free fails its scenario) and taken from it."""
+    used = huge_pages_in_use(remote.check(HUGE_PAGE_USE, "reading the huge page counts"))
+    if used:
+        raise HarnessError(f"{address.text}: huge pages are in use there ({'; '.join(used)}): a run "
+                           "takes and releases every huge page: stop what holds them (their users "
+                           "map them: grep -l huge /proc/*/smaps), or use an idle machine")
 
 
 def check_root(remote: Remote, address: SshAddress) -> None:
