@@ -256,6 +256,33 @@ def test_a_ring_that_lost_the_boot_leaves_boot_time_pages_untested() -> None:
     assert clean.scenarios[0].status == "pass"
 
 
+def test_boot_time_pages_an_earlier_run_of_this_boot_released_are_not_passed() -> None:
+    # A run releases the boot-time pages and its restore allocates new ones at run time: a
+    # second run in the same boot would pass run-time pages as the boot's.
+    token, earlier = "0123456789abcdef", "aaaabbbbccccdddd"
+    ring = _ring(token, 0, ["Linux version 7.2.13+deb14-amd64",
+                            "HugeTLB: registered 2.00 MiB page size, pre-allocated 2 pages",
+                            f"hvo-harness: ssh run {earlier} start", f"hvo-harness: ssh run {earlier} end"])
+    run = ssh._run_record(_asked_run(), {2 << 20: 2}, ssh.before_run(ring, token))
+    assert run.scenarios[0].status == "skip", run.scenarios[0].reason
+    assert f"ssh run {earlier}" in run.scenarios[0].reason and "reboot" in run.scenarios[0].reason
+    assert run.verdict == "pass"  # nothing failed; what was not tested says so
+
+
+def test_boot_time_pages_whose_count_changed_since_boot_are_not_passed() -> None:
+    token = "0123456789abcdef"
+    asked = _asked_run()
+    asked.scenarios[0] = dataclasses.replace(asked.scenarios[0], allocated=2)
+    for preallocated, status in ((4, "skip"), (2, "pass")):
+        registered = f"HugeTLB: registered 2.00 MiB page size, pre-allocated {preallocated} pages"
+        ring = _ring(token, 0, ["Linux version 7.2.13+deb14-amd64", registered])
+        fresh = dataclasses.replace(asked, scenarios=[dataclasses.replace(s) for s in asked.scenarios])
+        run = ssh._run_record(fresh, {2 << 20: 2}, ssh.before_run(ring, token))
+        assert run.scenarios[0].status == status, run.scenarios[0].reason
+        if status == "skip":
+            assert "pre-allocated 4" in run.scenarios[0].reason and "has 2" in run.scenarios[0].reason
+
+
 def _boot_scenario(status: str, requested: int, sysfs: str | None = None) -> Scenario:
     guest = {"sysfs": sysfs} if sysfs else {}
     return Scenario("2M", "boot", 0, "on", requested, 0, status, "judged", checks={"guest": guest})
@@ -554,6 +581,20 @@ def test_ssh_target_agrees_with_the_qemu_target(sshd_guest: SshdGuest, hvo_boot:
     for scenario in runtime:
         assert scenario.status == by_name[scenario.name].status, scenario.name
         assert scenario.vmemmap.measured_kib_per_page == by_name[scenario.name].vmemmap.measured_kib_per_page
+
+
+@pytest.mark.boot
+def test_a_second_run_in_one_boot_does_not_pass_boot_time_pages(sshd_guest: SshdGuest,
+                                                                 tmp_path: Path) -> None:
+    # The agreement test's run (or any before this one) released the boot-time pages and its
+    # restore allocated run-time pages in their place: the kernel's log holds that run's start.
+    _ssh_run(sshd_guest, tmp_path / "first")
+    status, stderr = _ssh_run(sshd_guest, tmp_path / "second")
+    assert status == 0, stderr
+    run = results.from_json(json.loads((tmp_path / "second" / "results.json").read_text())).runs[0]
+    asked = [s for s in run.scenarios if s.mode == "boot" and s.allocated]  # (16G: none here)
+    assert asked and all(s.status == "skip" and "an earlier run in this boot" in s.reason for s in asked)
+    assert any(s.status == "pass" for s in run.scenarios if s.mode == "runtime")
 
 
 @pytest.mark.boot

@@ -984,6 +984,11 @@ class BeforeRun:
     # The ring still holds the boot's first record (sequence 0): nothing of the boot is lost.
     from_boot: bool
     first_seq: int | None
+    # Tokens of the harness's earlier runs in this boot: each released the boot-time pages,
+    # and its restore allocated new ones at run time.
+    earlier_runs: tuple[str, ...] = ()
+    # size label -> pages the kernel pre-allocated at boot (its "HugeTLB: registered" line).
+    preallocated: dict[str, int] = field(default_factory=dict)
 
 
 def before_run(text: str, token: str) -> BeforeRun:
@@ -996,7 +1001,12 @@ def before_run(text: str, token: str) -> BeforeRun:
     before = [r for r in stream.records if r.seq < first]
     first_seq = before[0].seq if before else None
     lines = [line for record in before for line in record.lines()]
-    return BeforeRun(dmesg.parse("\n".join(lines) + "\n").findings, first_seq == 0, first_seq)
+    parsed = dmesg.parse("\n".join(lines) + "\n")
+    earlier = tuple(m["token"] for r in before if (m := _RUN_START.fullmatch(r.text)))
+    return BeforeRun(parsed.findings, first_seq == 0, first_seq, earlier, dict(parsed.hugetlb.registered))
+
+
+_RUN_START = re.compile(r"hvo-harness: ssh run (?P<token>[0-9a-f]+) start")
 
 
 def _run_record(run: Run, target_cmdline_pages: dict[int, int], before: BeforeRun | None = None) -> Run:
@@ -1036,6 +1046,21 @@ def _run_record(run: Run, target_cmdline_pages: dict[int, int], before: BeforeRu
             scenario.reason = (f"the kernel's log ring no longer reaches back to its boot ({where}): "
                                "whether it complained while allocating these boot-time pages cannot "
                                "be read; reboot the target to test them")
+    for scenario in [s for s in passed if s.status == "pass"]:
+        # Pages tested as the boot's must be the boot's; run-time pages in their place would
+        # pass for them (a failure on them stands: it is a huge page's all the same).
+        now = sum(s.allocated for s in run.scenarios if s.mode == "boot" and s.size == scenario.size)
+        booted = before.preallocated.get(scenario.size)
+        if before.earlier_runs:
+            scenario.status = "skip"
+            scenario.reason = (f"an earlier run in this boot (ssh run {before.earlier_runs[-1]}) released "
+                               "the boot-time pages and its restore allocated new ones at run time: "
+                               "reboot the target to test boot-time pages")
+        elif booted is not None and now != booted:
+            scenario.status = "skip"
+            scenario.reason = (f"the target has {now} {scenario.size} pages, its boot pre-allocated "
+                               f"{booted}: nr_hugepages was written since boot, so these are not the "
+                               "boot's pages; reboot the target to test them")
     return run
 
 
