@@ -571,7 +571,25 @@ def _verdict(
         return "fail", f"the guest reported {guest.results} KTAP results for a plan of {guest.planned}"
     if guest.planned != planned:
         return "fail", f"the guest planned {guest.planned} scenarios, the harness {planned}"
+    return scenario_verdict(scenarios)
+
+
+# The verdict's reason when only scenarios failed: every check of the boot before them held.
+_SCENARIOS_FAILED = " scenario(s) failed, first: "
+
+
+def scenario_verdict(scenarios: list[Scenario]) -> tuple[str, str]:
+    """The verdict the scenarios give once every check of the boot as a whole has held."""
     failed = [s for s in scenarios if s.status == "fail"]
     if failed:
-        return "fail", f"{len(failed)} scenario(s) failed, first: {failed[0].name}: {failed[0].reason}"
+        return "fail", f"{len(failed)}{_SCENARIOS_FAILED}{failed[0].name}: {failed[0].reason}"
     return "pass", "all scenarios passed or were skipped with a reason"
+
+
+def rejudged(verdict: str, reason: str, scenarios: list[Scenario],
+             findings: list[Finding]) -> tuple[str, str]:
+    """VERDICT after a target took back scenario failures that were not the kernel's: a boot
+    that failed on its scenarios alone gets their verdict again; any other stands."""
+    if verdict == "fail" and not findings and _SCENARIOS_FAILED in reason:
+        return scenario_verdict(scenarios)
+    return verdict, reason

@@ -26,7 +26,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import guest_memory, images, qemu, results
+from harness import guest_memory, images, judge, qemu, results
 from harness.errors import HarnessError
 from harness.plan import make_plan
 from harness.profiles import GIB, MIB, get_profile
@@ -281,6 +281,24 @@ def test_boot_time_pages_whose_count_changed_since_boot_are_not_passed() -> None
         assert run.scenarios[0].status == status, run.scenarios[0].reason
         if status == "skip":
             assert "pre-allocated 4" in run.scenarios[0].reason and "has 2" in run.scenarios[0].reason
+
+
+def test_boot_time_pages_freed_since_boot_are_not_the_kernels_failure() -> None:
+    # The command line asked for 2 and the boot pre-allocated 2; someone wrote nr_hugepages=1
+    # since. "allocated 1 of 2" is then the machine's history, not the kernel's failure; a
+    # boot that pre-allocated fewer than asked is.
+    token = "0123456789abcdef"
+    for preallocated, status in ((2, "skip"), (1, "fail")):
+        short = dataclasses.replace(_boot_scenario("fail", 2), allocated=1,
+                                    reason="allocated 1 of 2 2M pages on node 0")
+        verdict, reason = judge.scenario_verdict([short])  # as the judge said it
+        run = dataclasses.replace(_asked_run(), scenarios=[short], verdict=verdict, verdict_reason=reason)
+        registered = f"HugeTLB: registered 2.00 MiB page size, pre-allocated {preallocated} pages"
+        ring = _ring(token, 0, ["Linux version", registered])
+        ssh._run_record(run, {2 << 20: 2}, ssh.before_run(ring, token))
+        assert run.scenarios[0].status == status, run.scenarios[0].reason
+        if status == "skip":
+            assert "pre-allocated 2" in run.scenarios[0].reason and run.verdict == "pass", run.verdict_reason
 
 
 def _boot_scenario(status: str, requested: int, sysfs: str | None = None) -> Scenario:
