@@ -1046,38 +1046,33 @@ def _run_record(run: Run, target_cmdline_pages: dict[int, int], before: BeforeRu
             scenario.reason = (f"the kernel's log ring no longer reaches back to its boot ({where}): "
                                "whether it complained while allocating these boot-time pages cannot "
                                "be read; reboot the target to test them")
-    for scenario in [s for s in passed if s.status == "pass"]:
-        # Pages tested as the boot's must be the boot's; run-time pages in their place would
-        # pass for them (a failure on them stands: it is a huge page's all the same).
-        now = sum(s.allocated for s in run.scenarios if s.mode == "boot" and s.size == scenario.size)
-        booted = before.preallocated.get(scenario.size)
-        if before.earlier_runs:
-            scenario.status = "skip"
-            scenario.reason = (f"an earlier run in this boot (ssh run {before.earlier_runs[-1]}) released "
-                               "the boot-time pages and its restore allocated new ones at run time: "
-                               "reboot the target to test boot-time pages")
-        elif booted is not None and now != booted:
-            scenario.status = "skip"
-            scenario.reason = _not_the_boots(scenario.size, now, booted)
-    # Fewer pages than the command line asked for, where the boot pre-allocated them all: they
-    # were freed since (nr_hugepages written), which is the machine's history, not the kernel's
-    # failure. Only that failure; a boot that allocated fewer than asked fails as it did.
+    # Pages tested as the boot's must be the boot's: run-time pages in their place would pass
+    # for them. An earlier run in this boot released them (its restore allocated new ones), and
+    # a count other than the boot's pre-allocation means nr_hugepages was written since.
     for size in {s.size for s in run.scenarios if s.mode == "boot"}:
         boot = [s for s in run.scenarios if s.mode == "boot" and s.size == size]
         booted = before.preallocated.get(size)
         now = sum(s.allocated for s in boot)
-        if booted is None or booted != sum(s.requested for s in boot) or now == booted:
-            continue
+        changed = booted is not None and now != booted
         for scenario in boot:
-            if scenario.status == "fail" and scenario.allocated < scenario.requested:
+            if scenario.status == "pass" and before.earlier_runs:
                 scenario.status = "skip"
-                scenario.reason = _not_the_boots(size, now, booted)
+                scenario.reason = (f"an earlier run in this boot (ssh run {before.earlier_runs[-1]}) "
+                                   "released the boot-time pages and its restore allocated new ones at "
+                                   "run time: reboot the target to test boot-time pages")
+            elif scenario.status == "pass" and changed:
+                scenario.status, scenario.reason = "skip", _not_the_boots(size, now, booted)
+            elif (scenario.status == "fail" and changed and scenario.allocated < scenario.requested
+                  and booted == sum(s.requested for s in boot)):
+                # Fewer than asked where the boot pre-allocated all it was asked: freed since,
+                # the machine's history. Only that failure; a boot that allocated fewer fails.
+                scenario.status, scenario.reason = "skip", _not_the_boots(size, now, booted)
     run.verdict, run.verdict_reason = judge.rejudged(run.verdict, run.verdict_reason, run.scenarios,
                                                      run.findings)
     return run
 
 
-def _not_the_boots(size: str, now: int, booted: int) -> str:
+def _not_the_boots(size: str, now: int, booted: int | None) -> str:
     return (f"the target has {now} {size} pages, its boot pre-allocated {booted}: nr_hugepages was "
             "written since boot, so these are not the boot's pages; reboot the target to test them")
 
